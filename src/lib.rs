@@ -1,0 +1,32 @@
+//! # rlvr-kernels
+//!
+//! Fused kernels for reinforcement learning with verifiable rewards (RLVR): token entropy, the
+//! exact top-p Rollout Branching Factor, sequence log-perplexity and the shaped GRPO loss
+//! (forward and backward to the logits), after arXiv 2508.07534.
+//!
+//! - [`reference`]: float64, obviously-correct implementations of every formula — the spec.
+//! - [`cpu`]: fast fused CPU implementations over bf16/f16/f32 rows, tested against the spec.
+//! - [`metrics`], [`rft`]: Pass@k, k-rollout unsolvable sets, RFT data selection.
+//!
+//! Logits are row-major `[N, V]` (a `[B, T, V]` tensor is N = B·T rows); per-token inputs have N
+//! entries; sequences are rows of the `[B, T]` view; GRPO groups are G consecutive sequences.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod cpu;
+pub mod element;
+pub mod error;
+pub mod metrics;
+pub mod reference;
+pub mod rft;
+pub mod types;
+pub mod validate;
+
+pub use config::{
+    AdvantageConfig, Aggregation, GrpoConfig, KlEstimator, KlPenalty, PositionShaping, PplShaping, Shaping,
+    TokenStatsConfig, DEFAULT_TOP_P,
+};
+pub use element::{DType, Element};
+pub use error::{Error, Result};
+pub use types::{GrpoForward, GrpoInputs, GrpoSaved, TokenStats, CLIPPED, DUAL_CLIPPED};

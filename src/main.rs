@@ -1,0 +1,5 @@
+//! The `rlvr` command line.
+
+fn main() {
+    println!("rlvr");
+}

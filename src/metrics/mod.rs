@@ -1,0 +1,3 @@
+//! Evaluation metrics: Pass@k, k-rollout unsolvable sets and overlaps.
+
+pub use crate::reference::{overlap, unsolvable, SetOverlap};

@@ -1,0 +1,100 @@
+//! Host-side inputs and outputs shared by `reference::` and `cpu::` (and mirrored by `cuda::`).
+
+use crate::error::Result;
+use crate::validate;
+
+/// Per-token statistics of an `[N, V]` logits matrix (x = z / T, p = softmax(x)).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenStats {
+    /// log-sum-exp: lse = m + ln Σ exp(x_i − m).
+    pub lse: Vec<f32>,
+    /// Entropy H = −Σ p_i ln p_i = lse − Σ x_i·e^{x_i−m} / Σ e^{x_i−m}, in nats.
+    pub entropy: Vec<f32>,
+    /// log p of the target token: x_y − lse (when targets were given).
+    pub logp: Option<Vec<f32>>,
+    /// Rollout Branching Factor: the smallest k whose k most probable tokens hold ≥ top-p of the
+    /// mass, ties interchangeable (when top-p was given).
+    pub branch: Option<Vec<u32>>,
+}
+
+/// Bit in [`GrpoForward::clip_flags`]: the clipped branch of the PPO objective was active
+/// (−Ã·clip(ρ) > −Ã·ρ), so the token's policy gradient is 0.
+pub const CLIPPED: u8 = 1;
+/// Bit in [`GrpoForward::clip_flags`]: the dual clip (Ã < 0, loss capped at −Ã·c) was active.
+pub const DUAL_CLIPPED: u8 = 2;
+
+/// Per-token inputs of the GRPO loss; all slices have N = B·T entries (rows of the logits).
+#[derive(Debug, Clone, Copy)]
+pub struct GrpoInputs<'a> {
+    /// Sampled token ids y_t (< V).
+    pub targets: &'a [u32],
+    /// 1 = a response token that counts, 0 = padding/prompt.
+    pub mask: &'a [f32],
+    /// log-prob of y_t under the rollout policy (ℓ_old).
+    pub old_logp: &'a [f32],
+    /// log-prob of y_t under the reference policy (ℓ_ref); needed when the KL penalty is on.
+    pub ref_logp: Option<&'a [f32]>,
+    /// Shaped per-token advantages Ã_t (see `cpu::token_advantages`).
+    pub advantages: &'a [f32],
+    /// T: tokens per sequence; sequences are the rows of the `[B, T]` view.
+    pub seq_len: usize,
+}
+
+impl GrpoInputs<'_> {
+    /// Checks lengths, target range, mask values and finiteness against N rows of V logits.
+    pub fn validate(&self, n: usize, vocab: usize, needs_ref: bool) -> Result<()> {
+        validate::sequences(n, self.seq_len)?;
+        validate::targets(self.targets, n, vocab)?;
+        validate::mask(self.mask, n)?;
+        validate::len("old_logp", self.old_logp.len(), n, "one per token")?;
+        validate::len("advantages", self.advantages.len(), n, "one per token")?;
+        validate::finite("old_logp", self.old_logp)?;
+        validate::finite("advantages", self.advantages)?;
+        match (self.ref_logp, needs_ref) {
+            (Some(r), _) => {
+                validate::len("ref_logp", r.len(), n, "one per token")?;
+                validate::finite("ref_logp", r)
+            }
+            (None, true) => Err(crate::Error::ShapeMismatch {
+                name: "ref_logp",
+                expected: format!("{n} elements (the KL penalty is on)"),
+                got: "none".into(),
+            }),
+            (None, false) => Ok(()),
+        }
+    }
+}
+
+/// What the backward pass needs from the forward, per token.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrpoSaved {
+    /// log-sum-exp of x = z / T.
+    pub lse: Vec<f32>,
+    /// Entropy H_t.
+    pub entropy: Vec<f32>,
+    /// g_t = a_t · ∂(L + β_kl·KL)/∂ℓ_t (a_t the aggregation weight; 0 for masked tokens).
+    pub grad_logp: Vec<f32>,
+    /// h_t = −a_t · c_H (0 for masked tokens).
+    pub grad_entropy: Vec<f32>,
+}
+
+/// Output of the fused GRPO forward.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrpoForward {
+    /// The aggregated scalar loss.
+    pub loss: f32,
+    /// Per-token total L + β_kl·KL − c_H·H (also for masked tokens; they do not count).
+    pub token_loss: Vec<f32>,
+    /// Current log-prob ℓ_t of the target.
+    pub logp: Vec<f32>,
+    /// Importance ratio ρ_t = exp(clamp(ℓ − ℓ_old, −20, 20)).
+    pub ratio: Vec<f32>,
+    /// [`CLIPPED`] / [`DUAL_CLIPPED`] bits.
+    pub clip_flags: Vec<u8>,
+    /// Per-token KL estimate (when the KL penalty is on).
+    pub kl: Option<Vec<f32>>,
+    /// Branch count (when `top_p` is set).
+    pub branch: Option<Vec<u32>>,
+    /// Saved for the backward; `saved.entropy` is the per-token entropy.
+    pub saved: GrpoSaved,
+}
