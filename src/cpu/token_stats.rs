@@ -91,7 +91,7 @@ pub(crate) fn row_stats<E: Element>(
     let ln_s = s.ln();
     let lse = (zmax * inv_t) as f64 + ln_s;
     let entropy = ln_s - w / s;
-    let logp = target.map_or(f32::NAN, |y| ((z[y as usize].to_f32() - zmax) * inv_t) as f32 - ln_s as f32);
+    let logp = target.map_or(f32::NAN, |y| (z[y as usize].to_f32() - zmax) * inv_t - ln_s as f32);
     let branch = top_p.map_or(0, |p| top_p_count(&mut scratch.e, p as f64 * s));
     RowOut { lse: lse as f32, entropy: entropy as f32, logp, branch, problem: RowProblem::None }
 }

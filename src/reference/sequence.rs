@@ -174,22 +174,21 @@ pub fn token_advantages(
 /// all 0 for an empty batch.
 pub fn aggregation_weights(mask: &[f32], seq_len: usize, agg: &Aggregation) -> Result<Vec<f64>> {
     agg.validate()?;
-    let b = validate::sequences(mask.len(), seq_len)?;
+    validate::sequences(mask.len(), seq_len)?;
     validate::mask(mask, mask.len())?;
     let lens: Vec<f64> = mask.chunks(seq_len).map(|s| s.iter().map(|&m| m as f64).sum()).collect();
     let total: f64 = lens.iter().sum();
     let valid = lens.iter().filter(|&&l| l > 0.0).count() as f64;
     let mut w = vec![0.0; mask.len()];
-    for i in 0..b {
-        for t in 0..seq_len {
-            let k = i * seq_len + t;
+    for (i, &len) in lens.iter().enumerate() {
+        for k in i * seq_len..(i + 1) * seq_len {
             if mask[k] == 0.0 {
                 continue;
             }
             w[k] = match *agg {
                 Aggregation::TokenMean { global_tokens: Some(g) } => 1.0 / g,
                 Aggregation::TokenMean { global_tokens: None } => 1.0 / total,
-                Aggregation::SeqMeanTokenMean => 1.0 / (lens[i] * valid),
+                Aggregation::SeqMeanTokenMean => 1.0 / (len * valid),
                 Aggregation::SeqMeanTokenSum => 1.0 / valid,
                 Aggregation::SeqMeanTokenSumNorm { norm } => 1.0 / norm,
             };
