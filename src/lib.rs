@@ -18,6 +18,7 @@ pub mod cpu;
 pub mod element;
 pub mod error;
 pub mod metrics;
+pub mod naive;
 pub mod reference;
 pub mod rft;
 pub mod types;
