@@ -3,6 +3,7 @@
 
 use crate::config::{AdvantageConfig, Aggregation, Shaping};
 use crate::error::Result;
+use crate::validate;
 
 /// Sequence log-PPL −Σ m ℓ / Σ m per sequence of the `[B, T]` view; `None` when Σ m = 0.
 pub fn log_ppl(logp: &[f32], mask: &[f32], seq_len: usize) -> Result<Vec<Option<f32>>> {
@@ -47,8 +48,31 @@ pub fn token_advantages(
     todo!()
 }
 
-/// Aggregation weights a_t, loss = Σ a_t ℓ_t (see [`crate::reference::aggregation_weights`]).
+/// Aggregation weights a_t, loss = Σ a_t ℓ_t (see [`crate::reference::aggregation_weights`]):
+/// token-mean 1/Σm (or 1/global count), seq-mean-token-mean 1/(|o_i|·#valid), seq-mean-token-sum
+/// 1/#valid, seq-mean-token-sum-norm 1/C; 0 for masked tokens and for an empty batch.
 pub fn aggregation_weights(mask: &[f32], seq_len: usize, agg: &Aggregation) -> Result<Vec<f32>> {
-    let _ = (mask, seq_len, agg);
-    todo!()
+    agg.validate()?;
+    validate::sequences(mask.len(), seq_len)?;
+    validate::mask(mask, mask.len())?;
+    // Counts of 0/1 values are exact in f64.
+    let lens: Vec<f64> = mask.chunks(seq_len).map(|s| s.iter().map(|&m| m as f64).sum()).collect();
+    let total: f64 = lens.iter().sum();
+    let valid = lens.iter().filter(|&&l| l > 0.0).count() as f64;
+    let mut w = vec![0.0f32; mask.len()];
+    for ((ws, ms), &len) in w.chunks_mut(seq_len).zip(mask.chunks(seq_len)).zip(&lens) {
+        let a = match *agg {
+            Aggregation::TokenMean { global_tokens: Some(g) } => 1.0 / g,
+            Aggregation::TokenMean { global_tokens: None } => 1.0 / total,
+            Aggregation::SeqMeanTokenMean => 1.0 / (len * valid),
+            Aggregation::SeqMeanTokenSum => 1.0 / valid,
+            Aggregation::SeqMeanTokenSumNorm { norm } => 1.0 / norm,
+        } as f32;
+        for (wt, &m) in ws.iter_mut().zip(ms) {
+            if m != 0.0 {
+                *wt = a;
+            }
+        }
+    }
+    Ok(w)
 }
