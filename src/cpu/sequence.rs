@@ -118,8 +118,7 @@ impl GroupStats {
             sum = scratch.iter().sum();
         }
         let mu = sum / kept as f64;
-        let ss: f64 =
-            scratch.iter().filter(|&&v| keep_all || (v >= lo && v <= hi)).map(|&v| (v - mu) * (v - mu)).sum();
+        let ss: f64 = scratch.iter().filter(|&&v| keep_all || (v >= lo && v <= hi)).map(|&v| (v - mu) * (v - mu)).sum();
         let sd = (ss / kept as f64).sqrt();
         Some(GroupStats { mu, sigma: if sd <= SIGMA_FLOOR { 1.0 } else { sd } })
     }
