@@ -1,0 +1,245 @@
+// Shared device code for every kernel of the crate: element decoding, 16-byte row reading with a
+// uniform trip count, order-preserving keys, and warp/block reductions in a fixed order.
+//
+// Determinism: every reduction here combines values in an order fixed by thread and warp index
+// (xor butterflies inside a warp, then warp 0 over the warps in index order), never by arrival
+// time, so a kernel built on them returns the same bits on every run.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace rlvr {
+
+constexpr unsigned FULL_MASK = 0xffffffffu;
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float NEG_INF = -__builtin_huge_valf();
+constexpr float POS_INF = __builtin_huge_valf();
+
+// 2^x by the special-function unit (one MUFU.EX2, relative error ~2^-22, flushes tiny results
+// to 0). Deterministic: the same input gives the same bits on every run of the same chip.
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// Order-preserving key of an f32: unsigned comparison of keys = numeric order of the values
+// (-inf < finite < +inf; NaNs sort outside, -NaN below -inf, +NaN above +inf; -0 just below +0).
+__device__ __forceinline__ uint32_t key32(float v) {
+    uint32_t b = __float_as_uint(v);
+    return b ^ ((b & 0x80000000u) ? 0xffffffffu : 0x80000000u);
+}
+__device__ __forceinline__ float from_key32(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k ^ 0x80000000u) : ~k);
+}
+
+// The same for 16-bit patterns (bf16, f16 share the sign-magnitude layout).
+__device__ __forceinline__ uint32_t key16(uint32_t b) { return b ^ ((b & 0x8000u) ? 0xffffu : 0x8000u); }
+__device__ __forceinline__ uint32_t bits_from_key16(uint32_t k) { return (k & 0x8000u) ? (k ^ 0x8000u) : (~k & 0xffffu); }
+
+// Element traits. VEC elements fill one 16-byte load; KEY_BITS is the width of the radix key;
+// NEG_INF_BITS pads partial vectors (-inf has probability 0 and is skipped by every histogram).
+template <typename E> struct Elem;
+
+template <> struct Elem<float> {
+    static constexpr int VEC = 4;
+    static constexpr int KEY_BITS = 32;
+    static constexpr uint32_t NEG_INF_BITS = 0xff800000u;
+    __device__ static float value_of_bits(uint32_t b) { return __uint_as_float(b); }
+    __device__ static uint32_t key_of_bits(uint32_t b) { return key32(__uint_as_float(b)); }
+    __device__ static float value_of_key(uint32_t k) { return from_key32(k); }
+    __device__ static uint32_t scalar_bits(const float* p) { return __float_as_uint(__ldg(p)); }
+};
+
+template <> struct Elem<__nv_bfloat16> {
+    static constexpr int VEC = 8;
+    static constexpr int KEY_BITS = 16;
+    static constexpr uint32_t NEG_INF_BITS = 0xff80u;
+    // bf16 is the top half of an f32: a shift.
+    __device__ static float value_of_bits(uint32_t b) { return __uint_as_float(b << 16); }
+    __device__ static uint32_t key_of_bits(uint32_t b) { return key16(b); }
+    __device__ static float value_of_key(uint32_t k) { return value_of_bits(bits_from_key16(k)); }
+    __device__ static uint32_t scalar_bits(const __nv_bfloat16* p) {
+        return __ldg(reinterpret_cast<const unsigned short*>(p));
+    }
+};
+
+template <> struct Elem<__half> {
+    static constexpr int VEC = 8;
+    static constexpr int KEY_BITS = 16;
+    static constexpr uint32_t NEG_INF_BITS = 0xfc00u;
+    __device__ static float value_of_bits(uint32_t b) { return __half2float(__ushort_as_half((unsigned short)b)); }
+    __device__ static uint32_t key_of_bits(uint32_t b) { return key16(b); }
+    __device__ static float value_of_key(uint32_t k) { return value_of_bits(bits_from_key16(k)); }
+    __device__ static uint32_t scalar_bits(const __half* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+};
+
+// Raw bits of element i of a 16-byte vector.
+template <typename E> __device__ __forceinline__ uint32_t vec_bits(const uint4& r, int i);
+template <> __device__ __forceinline__ uint32_t vec_bits<float>(const uint4& r, int i) {
+    return i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w;
+}
+template <typename E> __device__ __forceinline__ uint32_t vec_bits(const uint4& r, int i) {
+    uint32_t w = (i >> 1) == 0 ? r.x : (i >> 1) == 1 ? r.y : (i >> 1) == 2 ? r.z : r.w;
+    return (i & 1) ? (w >> 16) : (w & 0xffffu);
+}
+
+// A vector of -inf with element 0 set to `b`: how the < VEC unaligned head/tail elements of a row
+// travel through the same code as full vectors.
+template <typename E> __device__ __forceinline__ uint4 padded_vec(uint32_t b) {
+    if (Elem<E>::KEY_BITS == 32) {
+        const uint32_t n = Elem<E>::NEG_INF_BITS;
+        return make_uint4(b, n, n, n);
+    }
+    const uint32_t n = Elem<E>::NEG_INF_BITS, nn = n | (n << 16);
+    return make_uint4((b & 0xffffu) | (n << 16), nn, nn, nn);
+}
+template <typename E> __device__ __forceinline__ uint4 neg_inf_vec() {
+    const uint32_t n = Elem<E>::NEG_INF_BITS;
+    const uint32_t w = Elem<E>::KEY_BITS == 32 ? n : (n | (n << 16));
+    return make_uint4(w, w, w, w);
+}
+
+// How one row of V elements splits into 16-byte vectors: `head` elements before the first
+// 16-byte boundary, `nvec` aligned vectors, then the rest. Rows of any V and any start address
+// (row offsets are 64-bit: row * V can exceed 2^32 elements).
+template <typename E> struct RowSplit {
+    const E* row;
+    const uint4* vecs;
+    uint32_t head, nvec, tail_start, vocab;
+
+    __device__ RowSplit(const E* logits, uint64_t row_index, uint32_t V) : vocab(V) {
+        row = logits + row_index * (uint64_t)V;
+        const uint32_t mis = (uint32_t)((uintptr_t)row & 15u);
+        head = mis == 0 ? 0u : min(V, (16u - mis) / (uint32_t)sizeof(E));
+        nvec = (V - head) / Elem<E>::VEC;
+        tail_start = head + nvec * Elem<E>::VEC;
+        vecs = reinterpret_cast<const uint4*>(row + head);
+    }
+
+    // The one partial vector of thread `tid`: head elements go to threads [0, head), tail
+    // elements to [head, head + tail); everyone else gets -inf padding.
+    __device__ uint4 partial(uint32_t tid) const {
+        const uint32_t tail = vocab - tail_start;
+        if (tid < head) return padded_vec<E>(Elem<E>::scalar_bits(row + tid));
+        if (tid < head + tail) return padded_vec<E>(Elem<E>::scalar_bits(row + tail_start + (tid - head)));
+        return neg_inf_vec<E>();
+    }
+};
+
+// Visits every element of a row as 16-byte vectors: f(const uint4&) is called the same number of
+// times by every thread of the block (out-of-range slots get -inf padding), so `f` may use warp
+// collectives. U vectors are loaded before the first is used, to keep U loads in flight.
+// `reverse` visits the row from its end: a re-read then starts with the most recently read
+// (most likely still in L2) part of the row.
+template <int U, typename E, typename F>
+__device__ __forceinline__ void for_each_vec(const RowSplit<E>& rs, bool reverse, F&& f) {
+    const uint32_t tid = threadIdx.x, bd = blockDim.x, step = U * bd;
+    const uint32_t iters = (rs.nvec + step - 1) / step;
+    if (!reverse) f(rs.partial(tid));
+    for (uint32_t it = 0; it < iters; ++it) {
+        const uint32_t base = (reverse ? iters - 1 - it : it) * step;
+        uint4 r[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const uint32_t j = base + (uint32_t)u * bd + tid;
+            r[u] = j < rs.nvec ? __ldg(rs.vecs + j) : neg_inf_vec<E>();
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) f(r[reverse ? U - 1 - u : u]);
+    }
+    if (reverse) f(rs.partial(tid));
+}
+
+// ---- Reductions in a fixed order ----------------------------------------------------------
+
+// Online softmax state over x = z / T, relative to the running max m (z units):
+// s = sum e^{(z - m)/T}, w = sum ((z - m)/T) e^{(z - m)/T}.
+struct Softmax {
+    float m, s, w;
+};
+
+// Merge of two states: commutative bit for bit (a + b == b + a in IEEE), so both lanes of an
+// xor-butterfly get identical results.
+__device__ __forceinline__ Softmax merge(Softmax a, Softmax b, float c /* log2(e)/T */, float inv_t) {
+    const float m = fmaxf(a.m, b.m);
+    if (m == NEG_INF) return Softmax{m, 0.f, 0.f};
+    float sa = 0.f, wa = 0.f, sb = 0.f, wb = 0.f;
+    if (a.s > 0.f) {
+        const float f = ex2((a.m - m) * c), d = (a.m - m) * inv_t;
+        sa = a.s * f;
+        wa = (a.w + d * a.s) * f;
+    }
+    if (b.s > 0.f) {
+        const float f = ex2((b.m - m) * c), d = (b.m - m) * inv_t;
+        sb = b.s * f;
+        wb = (b.w + d * b.s) * f;
+    }
+    return Softmax{m, sa + sb, wa + wb};
+}
+
+__device__ __forceinline__ Softmax warp_merge(Softmax v, float c, float inv_t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        Softmax u{__shfl_xor_sync(FULL_MASK, v.m, o), __shfl_xor_sync(FULL_MASK, v.s, o),
+                  __shfl_xor_sync(FULL_MASK, v.w, o)};
+        v = merge(v, u, c, inv_t);
+    }
+    return v;
+}
+
+// Block-wide merge (blockDim a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 states. Ends with a barrier, so `scratch` may be reused afterwards.
+__device__ __forceinline__ Softmax block_merge(Softmax v, float c, float inv_t, Softmax* scratch) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_merge(v, c, inv_t);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        Softmax u = lane < nw ? scratch[lane] : Softmax{NEG_INF, 0.f, 0.f};
+        u = warp_merge(u, c, inv_t);
+        if (lane == 0) scratch[0] = u;
+    }
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float u = lane < nw ? scratch[lane] : 0.f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) u += __shfl_xor_sync(FULL_MASK, u, o);
+        if (lane == 0) scratch[0] = u;
+    }
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+__device__ __forceinline__ uint32_t block_or(uint32_t v, uint32_t* scratch) {
+    v = __reduce_or_sync(FULL_MASK, v);
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        uint32_t u = lane < nw ? scratch[lane] : 0u;
+        u = __reduce_or_sync(FULL_MASK, u);
+        if (lane == 0) scratch[0] = u;
+    }
+    __syncthreads();
+    v = scratch[0];
+    __syncthreads();
+    return v;
+}
+
+}  // namespace rlvr
