@@ -3,8 +3,10 @@
 //! where the reference has them; every function here is property-tested against it.
 
 mod grpo;
+pub(crate) mod math;
 mod sequence;
 mod token_stats;
+mod top_p;
 
 pub use grpo::{grpo_backward, grpo_backward_in_place, grpo_backward_into, grpo_forward};
 pub use sequence::{aggregation_weights, grpo_advantages, log_ppl, ppl_weight, shape_advantages, token_advantages};

@@ -4,6 +4,8 @@
 use rayon::prelude::*;
 
 use crate::config::TokenStatsConfig;
+use crate::cpu::math::{self, SimdKernel, BLOCK};
+use crate::cpu::top_p::{self, TopPScratch};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::types::TokenStats;
@@ -42,17 +44,30 @@ pub(crate) struct RowOut {
     pub problem: RowProblem,
 }
 
-/// Per-thread scratch reused across rows (no allocation per row).
+/// Per-thread scratch reused across rows (no allocation per row once warm).
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
-    /// e_i = exp(x_i − m) of the current row.
-    pub e: Vec<f32>,
+    /// One block of the row widened to f32 (bf16/f16 rows).
+    buf: Vec<f32>,
+    /// The top-p selection's kept tokens and histograms.
+    top_p: TopPScratch,
 }
 
-/// The fused statistics of one row `z` at inverse temperature `inv_t`.
+/// The fused statistics of one row `z` at inverse temperature `inv_t` (AVX2+FMA when the CPU
+/// has it).
 ///
-/// x_i − m is computed as (z_i − z_max)·(1/T) so that no precision is lost to a large common
-/// offset; lse = z_max/T + ln S, H = ln S − Σ (x_i − m) e_i / S, logp = (z_y − z_max)/T − ln S.
+/// One read of the row from memory: blocks of [`BLOCK`] elements, each first scanned for its
+/// max (and NaN/+inf) and then, still in L1, for S = Σ e^{x_i − m} and W = Σ (x_i − m)·e^{x_i − m}
+/// relative to the running max m (f32 lanes per block, f64 across blocks; when m grows, S and W
+/// are rescaled in f64: S ← cS, W ← c(W + δS) with δ = (m_old − m_new)/T, c = e^δ). So every
+/// x_i − m is (z_i − z_max)·(1/T) computed as (z_i − m_block)·(1/T) in f32 plus an f64 shift:
+/// no precision is lost to a large common offset of the logits.
+/// lse = z_max/T + ln S, H = ln S − W/S, logp = (z_y − z_max)/T − ln S. The top-p count then
+/// re-reads the row while it is in cache (see [`crate::cpu::top_p`]).
+///
+/// Error (u = 2⁻²⁴): S and W within ~36u + 1e−7 (exp) relative of the sum of exactly
+/// computed terms, for any V (see [`math::exp_sums`]); each term's own error is that of
+/// (z_i − m)·(1/T): ≤ 3u·|x_i − m| relative in e_i.
 pub(crate) fn row_stats<E: Element>(
     z: &[E],
     inv_t: f32,
@@ -60,63 +75,78 @@ pub(crate) fn row_stats<E: Element>(
     top_p: Option<f32>,
     scratch: &mut Scratch,
 ) -> RowOut {
-    let mut zmax = f32::NEG_INFINITY;
-    let mut bad = false;
-    for &v in z {
-        let v = v.to_f32();
-        bad |= v.is_nan() || v == f32::INFINITY;
-        zmax = zmax.max(v);
-    }
-    let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
-    if bad {
-        return RowOut { problem: RowProblem::NonFinite, ..nan };
-    }
-    if zmax == f32::NEG_INFINITY {
-        return RowOut { problem: RowProblem::AllNegInf, ..nan };
-    }
-    let keep = top_p.is_some();
-    scratch.e.clear();
-    let (mut s, mut w) = (0.0f64, 0.0f64);
-    for &v in z {
-        let d = (v.to_f32() - zmax) * inv_t;
-        let e = d.exp();
-        s += e as f64;
-        if e > 0.0 {
-            w += (d * e) as f64;
-        }
-        if keep {
-            scratch.e.push(e);
-        }
-    }
-    let ln_s = s.ln();
-    let lse = (zmax * inv_t) as f64 + ln_s;
-    let entropy = ln_s - w / s;
-    let logp = target.map_or(f32::NAN, |y| (z[y as usize].to_f32() - zmax) * inv_t - ln_s as f32);
-    let branch = top_p.map_or(0, |p| top_p_count(&mut scratch.e, p as f64 * s));
-    RowOut { lse: lse as f32, entropy: entropy as f32, logp, branch, problem: RowProblem::None }
+    math::dispatch(RowKernel { z, inv_t, target, top_p, scratch })
 }
 
-/// The smallest k such that the k largest of `e` sum to ≥ `mass`, ties interchangeable.
-/// Placeholder by sorting; replaced by the histogram selection of DESIGN.md §5.
-fn top_p_count(e: &mut [f32], mass: f64) -> u32 {
-    e.sort_unstable_by(|a, b| b.total_cmp(a));
-    let mut cum = 0.0f64;
-    let mut tau = *e.iter().rev().find(|&&v| v > 0.0).unwrap_or(&0.0);
-    for &v in e.iter() {
-        cum += v as f64;
-        if cum >= mass {
-            tau = v;
-            break;
+/// [`row_stats`]'s arguments, so the kernel can be compiled twice (see [`math::dispatch`]).
+struct RowKernel<'a, E> {
+    z: &'a [E],
+    inv_t: f32,
+    target: Option<u32>,
+    top_p: Option<f32>,
+    scratch: &'a mut Scratch,
+}
+
+impl<E: Element> SimdKernel for RowKernel<'_, E> {
+    type Out = RowOut;
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) -> RowOut {
+        let RowKernel { z, inv_t, target, top_p, scratch } = self;
+        if scratch.buf.len() < BLOCK {
+            scratch.buf.resize(BLOCK, 0.0);
+        }
+        let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
+        let Some(sums) = sums::<E, FMA>(z, inv_t, &mut scratch.buf) else {
+            return RowOut { problem: RowProblem::NonFinite, ..nan };
+        };
+        let Sums { m, s, w } = sums;
+        if m == f32::NEG_INFINITY {
+            return RowOut { problem: RowProblem::AllNegInf, ..nan };
+        }
+        let ln_s = s.ln();
+        let lse = m as f64 * inv_t as f64 + ln_s;
+        let entropy = ln_s - w / s;
+        let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
+        let branch =
+            top_p.map_or(0, |p| top_p::branch::<E, FMA>(z, m, s, inv_t, p, &mut scratch.buf, &mut scratch.top_p));
+        RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
+    }
+}
+
+/// The running reduction of a row: max logit m, S = Σ e^{(z_i − m)/T}, W = Σ ((z_i − m)/T)·e^{…}.
+struct Sums {
+    m: f32,
+    s: f64,
+    w: f64,
+}
+
+/// One read of the row in blocks; `None` on a NaN or +inf logit.
+#[inline(always)]
+fn sums<E: Element, const FMA: bool>(z: &[E], inv_t: f32, buf: &mut [f32]) -> Option<Sums> {
+    let mut acc = Sums { m: f32::NEG_INFINITY, s: 0.0, w: 0.0 };
+    for block in z.chunks(BLOCK) {
+        let zb = math::widen(block, buf);
+        let (bmax, bad) = math::max_and_bad(zb);
+        if bad {
+            return None;
+        }
+        if bmax > acc.m {
+            if acc.s > 0.0 {
+                let delta = (acc.m as f64 - bmax as f64) * inv_t as f64;
+                let c = delta.exp();
+                acc.w = c * (acc.w + delta * acc.s);
+                acc.s *= c;
+            }
+            acc.m = bmax;
+        }
+        if acc.m > f32::NEG_INFINITY {
+            let (s, w) = math::exp_sums::<FMA>(zb, acc.m, inv_t);
+            acc.s += s as f64;
+            acc.w += w as f64;
         }
     }
-    if tau <= 0.0 {
-        return 0;
-    }
-    let above = e.iter().take_while(|&&v| v > tau).count();
-    let ties = e[above..].iter().take_while(|&&v| v == tau).count();
-    let m_above: f64 = e[..above].iter().map(|&v| v as f64).sum();
-    let need = ((mass - m_above) / tau as f64).ceil().max(1.0) as usize;
-    (above + need.min(ties)) as u32
+    Some(acc)
 }
 
 /// Per-token statistics of row-major `[N, V]` logits (bf16, f16 or f32) at temperature
