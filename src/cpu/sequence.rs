@@ -193,11 +193,11 @@ fn group_advantages(rewards: &[f32], scale_by_std: bool, out: &mut [f32]) {
     }
 }
 
-/// Per-token shaped advantages Ã ([B·T]) from per-sequence advantages `adv` ([B]) over the
+/// Per-token shaped advantages Ã (B·T values) from per-sequence advantages `adv` (B values) over the
 /// `[B, T]` mask (DESIGN.md §4):
 /// - position shaping, for the t-th counted token (t = 1..|o_i|, r = (t − 1)/|o_i|):
 ///   b = min(β·σ(κ·(r − ½)), ½·|A_i|), Ã = A_i + sign(A_i)·b; A = 0 gets no bonus;
-/// - PPL shaping (needs `ppl_weight` w, [B]): Ã ← Ã · clip(1 − α·w_i, lo, hi);
+/// - PPL shaping (needs `ppl_weight` w, B values): Ã ← Ã · clip(1 − α·w_i, lo, hi);
 /// - both: position first (its cap uses the unshaped |A_i|), then the PPL factor.
 ///
 /// Masked tokens carry A_i (times the PPL factor when PPL shaping is on). The bonus and the
@@ -281,8 +281,8 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 /// The whole advantage pipeline of DESIGN.md §4, fused per GRPO group: log-PPL of `old_logp`
-/// → PPL weight (when PPL shaping is on) → GRPO advantages of `rewards` ([B]) → shaped
-/// per-token advantages Ã ([B·T]); see [`log_ppl`], [`ppl_weight`], [`grpo_advantages`],
+/// → PPL weight (when PPL shaping is on) → GRPO advantages of `rewards` (B values) → shaped
+/// per-token advantages Ã (B·T values); see [`log_ppl`], [`ppl_weight`], [`grpo_advantages`],
 /// [`shape_advantages`] for each formula.
 ///
 /// Each group is one task: its G·T tokens are read once for the log-PPL and once for writing
