@@ -320,7 +320,10 @@ pub fn token_advantages(
         .with_min_len(items_per_task(group_tokens))
         .for_each_init(
             || GroupScratch::new(g),
-            |s, (((o, r), l), m)| group_token_advantages(r, l, m, seq_len, adv.scale_by_std, shaping, s, o),
+            |s, (((o, r), l), m)| {
+                let pipeline = Pipeline { seq_len, scale_by_std: adv.scale_by_std, shaping };
+                pipeline.group(r, l, m, s, o)
+            },
         );
     Ok(out)
 }
@@ -338,33 +341,33 @@ impl GroupScratch {
     }
 }
 
-/// [`token_advantages`] for one group (inputs already checked).
-#[allow(clippy::too_many_arguments)]
-fn group_token_advantages(
-    rewards: &[f32],
-    logp: &[f32],
-    mask: &[f32],
+/// The settings [`token_advantages`] applies to every group.
+struct Pipeline<'a> {
     seq_len: usize,
     scale_by_std: bool,
-    shaping: &Shaping,
-    s: &mut GroupScratch,
-    out: &mut [f32],
-) {
-    group_advantages(rewards, scale_by_std, &mut s.adv);
-    let stats = shaping.ppl.and_then(|_| {
-        for (lp, (l, m)) in s.log_ppl.iter_mut().zip(logp.chunks(seq_len).zip(mask.chunks(seq_len))) {
-            *lp = seq_log_ppl(l, m);
+    shaping: &'a Shaping,
+}
+
+impl Pipeline<'_> {
+    /// [`token_advantages`] for one group (inputs already checked).
+    fn group(&self, rewards: &[f32], logp: &[f32], mask: &[f32], s: &mut GroupScratch, out: &mut [f32]) {
+        let (seq_len, shaping) = (self.seq_len, self.shaping);
+        group_advantages(rewards, self.scale_by_std, &mut s.adv);
+        let stats = shaping.ppl.and_then(|_| {
+            for (lp, (l, m)) in s.log_ppl.iter_mut().zip(logp.chunks(seq_len).zip(mask.chunks(seq_len))) {
+                *lp = seq_log_ppl(l, m);
+            }
+            let log_ppl = &s.log_ppl;
+            GroupStats::of(log_ppl.len(), |j| log_ppl[j], &mut s.valid)
+        });
+        for (j, (o, m)) in out.chunks_mut(seq_len).zip(mask.chunks(seq_len)).enumerate() {
+            let factor = match shaping.ppl {
+                // A sequence without log-PPL (or a group without any) has w = 0.
+                Some(p) => ppl_factor(stats.zip(s.log_ppl[j]).map_or(0.0, |(st, v)| st.z(v)), &p),
+                None => 1.0,
+            };
+            shape_sequence(s.adv[j], factor, m, shaping.position.as_ref(), o);
         }
-        let log_ppl = &s.log_ppl;
-        GroupStats::of(log_ppl.len(), |j| log_ppl[j], &mut s.valid)
-    });
-    for (j, (o, m)) in out.chunks_mut(seq_len).zip(mask.chunks(seq_len)).enumerate() {
-        let factor = match shaping.ppl {
-            // A sequence without log-PPL (or a group without any) has w = 0.
-            Some(p) => ppl_factor(stats.zip(s.log_ppl[j]).map_or(0.0, |(st, v)| st.z(v)), &p),
-            None => 1.0,
-        };
-        shape_sequence(s.adv[j], factor, m, shaping.position.as_ref(), o);
     }
 }
 
