@@ -1,26 +1,252 @@
 //! The fused GRPO loss on the CPU: forward (one pass over each row) and backward (one more
 //! pass, dlogits in the logits dtype, into a new buffer or in place).
+//!
+//! Traffic per row of V logits: the forward reads the row once (inside
+//! [`row_stats`](super::token_stats)) and does O(1) scalar work per token; the backward reads
+//! the row once and writes dlogits once, from the saved lse, H, g_t and h_t. Masked rows
+//! (g = h = 0) are written as zeros without reading the logits. No `[N, V]` temporary exists
+//! besides dlogits.
+//!
+//! Determinism: rows are independent and the scalar loss is summed in f64 in token order after
+//! the parallel part, so results are bit-identical for any thread count.
 
-use crate::config::GrpoConfig;
+use rayon::prelude::*;
+
+use super::sequence::aggregation_weights;
+use super::token_stats::{row_stats, RowOut, Scratch};
+use crate::config::{check_temperature, GrpoConfig, KlEstimator};
 use crate::element::Element;
 use crate::error::Result;
-use crate::types::{GrpoForward, GrpoInputs, GrpoSaved};
+use crate::types::{GrpoForward, GrpoInputs, GrpoSaved, CLIPPED, DUAL_CLIPPED};
+use crate::validate;
+
+/// The ratio's log-domain clamp and the k3 estimator's u clamp (DESIGN.md §4).
+const LOG_CLAMP: f32 = 20.0;
+/// The k3 estimator's value clamp.
+const K3_CAP: f32 = 10.0;
+/// exp(−200) is 0 in f32: flooring ln p there keeps −inf logits at p = 0 without 0·∞ = NaN.
+const LN_P_FLOOR: f32 = -200.0;
+/// Rows are grouped so that one rayon task covers at least this many logits: for small V the
+/// per-task overhead would otherwise dominate the O(V) row work.
+const MIN_ELEMS_PER_TASK: usize = 1 << 14;
+
+fn rows_per_task(vocab: usize) -> usize {
+    (MIN_ELEMS_PER_TASK / vocab.max(1)).max(1)
+}
+
+/// One token's loss terms in f32, mirroring [`crate::reference::token_loss`] branch for branch.
+#[derive(Debug, Clone, Copy)]
+struct TokenLoss {
+    ratio: f32,
+    kl: f32,
+    total: f32,
+    /// ∂(L + β_kl·KL)/∂ℓ.
+    dtotal_dlogp: f32,
+    flags: u8,
+}
+
+fn token_loss(logp: f32, old_logp: f32, ref_logp: Option<f32>, adv: f32, entropy: f32, cfg: &GrpoConfig) -> TokenLoss {
+    let d = logp - old_logp;
+    let ratio = d.clamp(-LOG_CLAMP, LOG_CLAMP).exp();
+    // The clamp is flat outside ±20, so the ratio's derivative is 0 there.
+    let dratio = if d.abs() <= LOG_CLAMP { ratio } else { 0.0 };
+    // clip_low ∈ [0, 1) and clip_high ≥ 0 (validated), so lo ≤ hi and `clamp` cannot panic.
+    let clipped_ratio = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high);
+    let (unclipped, clip_branch) = (-adv * ratio, -adv * clipped_ratio);
+    let clipped = clip_branch > unclipped;
+    let (mut policy, mut dpolicy) = if clipped { (clip_branch, 0.0) } else { (unclipped, -adv * dratio) };
+    let mut dual_clipped = false;
+    if let (Some(c), true) = (cfg.dual_clip, adv < 0.0) {
+        let cap = -adv * c;
+        if policy > cap {
+            (policy, dpolicy, dual_clipped) = (cap, 0.0, true);
+        }
+    }
+    let (kl, dkl, beta) = match (cfg.kl, ref_logp) {
+        (Some(k), Some(r)) => {
+            let (v, dv) = kl_term(logp, r, k.estimator);
+            (v, dv, k.coef)
+        }
+        _ => (0.0, 0.0, 0.0),
+    };
+    TokenLoss {
+        ratio,
+        kl,
+        total: policy + beta * kl - cfg.entropy_coef * entropy,
+        dtotal_dlogp: dpolicy + beta * dkl,
+        flags: if clipped { CLIPPED } else { 0 } | if dual_clipped { DUAL_CLIPPED } else { 0 },
+    }
+}
+
+/// A KL estimate and its derivative w.r.t. ℓ, as [`crate::reference::kl_term`].
+fn kl_term(logp: f32, ref_logp: f32, est: KlEstimator) -> (f32, f32) {
+    let d = logp - ref_logp;
+    match est {
+        KlEstimator::K1 => (d, 1.0),
+        KlEstimator::K2 => (0.5 * d * d, d),
+        KlEstimator::K3 => {
+            let raw = -d;
+            let u = raw.clamp(-LOG_CLAMP, LOG_CLAMP);
+            // e^u − u − 1 as expm1(u) − u: in f32 the plain form loses all digits for small u.
+            let em1 = u.exp_m1();
+            let v = em1 - u;
+            if v > K3_CAP {
+                (K3_CAP, 0.0)
+            } else if raw.abs() > LOG_CLAMP {
+                (v, 0.0)
+            } else {
+                (v, -em1)
+            }
+        }
+    }
+}
+
+/// Everything the forward keeps of one token.
+#[derive(Debug, Clone, Copy)]
+struct TokenOut {
+    stats: RowOut,
+    loss: TokenLoss,
+}
 
 /// Fused GRPO forward over row-major `[N, V]` logits: per row lse, entropy, logp (and the
 /// branch count when `cfg.top_p` is set) from one pass, then ratio, clip flags, KL, per-token
 /// loss, the aggregated scalar loss and the per-token scalars the backward needs.
+///
+/// Per-token terms are computed in f32 with the branches of [`crate::reference::token_loss`];
+/// the scalar loss Σ a_t·total_t over masked-in tokens is summed in f64 in token order, so it
+/// does not depend on the thread count. An empty batch (mask all 0) gives loss 0 and g = h = 0.
+///
+/// Errors, in this order: the configuration ([`GrpoConfig::validate`]), the logits' shape
+/// ([`crate::Error::EmptyVocab`], [`crate::Error::ShapeMismatch`]), the per-token inputs
+/// ([`GrpoInputs::validate`]), then — with `cfg.check_finite` — the first row with a NaN/+inf
+/// logit ([`crate::Error::NonFiniteLogits`]) or only −inf ([`crate::Error::AllNegInfRow`]).
+/// Without `check_finite` such rows give NaN terms (and a NaN loss when masked in).
 pub fn grpo_forward<E: Element>(
     logits: &[E],
     vocab: usize,
     inputs: &GrpoInputs,
     cfg: &GrpoConfig,
 ) -> Result<GrpoForward> {
-    let _ = (logits, vocab, inputs, cfg);
-    todo!("cpu::grpo_forward")
+    cfg.validate()?;
+    let n = validate::rows(logits.len(), vocab)?;
+    inputs.validate(n, vocab, cfg.kl.is_some())?;
+    let weights = aggregation_weights(inputs.mask, inputs.seq_len, &cfg.aggregation)?;
+    let inv_t = 1.0 / cfg.temperature;
+    let tokens: Vec<TokenOut> = logits
+        .par_chunks_exact(vocab)
+        .with_min_len(rows_per_task(vocab))
+        .enumerate()
+        .map_init(Scratch::default, |scratch, (r, row)| {
+            let stats = row_stats(row, inv_t, Some(inputs.targets[r]), cfg.top_p, scratch);
+            let ref_logp = inputs.ref_logp.map(|x| x[r]);
+            let loss = token_loss(stats.logp, inputs.old_logp[r], ref_logp, inputs.advantages[r], stats.entropy, cfg);
+            TokenOut { stats, loss }
+        })
+        .collect();
+    if cfg.check_finite {
+        validate::first_bad_row(n, |r| tokens[r].stats.problem.error(r))?;
+    }
+    Ok(assemble(&tokens, &weights, inputs.mask, cfg))
+}
+
+/// The struct-of-arrays output, the saved backward scalars and the f64 loss sum (token order).
+fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig) -> GrpoForward {
+    let n = tokens.len();
+    let mut loss = 0.0f64;
+    let mut saved = GrpoSaved {
+        lse: Vec::with_capacity(n),
+        entropy: Vec::with_capacity(n),
+        grad_logp: Vec::with_capacity(n),
+        grad_entropy: Vec::with_capacity(n),
+    };
+    for ((t, &a), &m) in tokens.iter().zip(weights).zip(mask) {
+        let counts = m != 0.0;
+        if counts {
+            loss += a as f64 * t.loss.total as f64;
+        }
+        saved.lse.push(t.stats.lse);
+        saved.entropy.push(t.stats.entropy);
+        saved.grad_logp.push(if counts { a * t.loss.dtotal_dlogp } else { 0.0 });
+        saved.grad_entropy.push(if counts { -a * cfg.entropy_coef } else { 0.0 });
+    }
+    GrpoForward {
+        loss: loss as f32,
+        token_loss: tokens.iter().map(|t| t.loss.total).collect(),
+        logp: tokens.iter().map(|t| t.stats.logp).collect(),
+        ratio: tokens.iter().map(|t| t.loss.ratio).collect(),
+        clip_flags: tokens.iter().map(|t| t.loss.flags).collect(),
+        kl: cfg.kl.map(|_| tokens.iter().map(|t| t.loss.kl).collect()),
+        branch: cfg.top_p.map(|_| tokens.iter().map(|t| t.stats.branch).collect()),
+        saved,
+    }
+}
+
+/// The per-row constants of the backward: with c = grad_loss/T, γ = −c·g and β = −c·h,
+/// dz_j = p_j·(γ + β·(ln p_j + H)) off the target and −c·g·expm1(ln p_y) + β·p_y·(ln p_y + H)
+/// at the target (c·g·(1 − p_y) without the cancellation of 1 − p_y when p_y ≈ 1).
+#[derive(Debug, Clone, Copy)]
+struct RowCoef {
+    inv_t: f32,
+    lse: f32,
+    entropy: f32,
+    cg: f32,
+    beta: f32,
+    /// g = h = 0: the row's gradient is exactly 0.
+    zero: bool,
+}
+
+impl RowCoef {
+    fn new(r: usize, saved: &GrpoSaved, inv_t: f32, grad_loss: f32) -> Self {
+        let (g, h) = (saved.grad_logp[r], saved.grad_entropy[r]);
+        let c = grad_loss * inv_t;
+        RowCoef {
+            inv_t,
+            lse: saved.lse[r],
+            entropy: saved.entropy[r],
+            cg: c * g,
+            beta: -c * h,
+            zero: g == 0.0 && h == 0.0,
+        }
+    }
+
+    /// ln p_j, floored so that a −inf logit gives p = 0 and a finite product.
+    #[inline(always)]
+    fn ln_p(&self, z: f32) -> f32 {
+        (z * self.inv_t - self.lse).max(LN_P_FLOOR)
+    }
+
+    /// dz_j for j ≠ y.
+    #[inline(always)]
+    fn off_target(&self, z: f32) -> f32 {
+        // TODO(perf): switch to the vectorisable exp of src/cpu/math.rs once it lands.
+        let lp = self.ln_p(z);
+        lp.exp() * (self.beta * (lp + self.entropy) - self.cg)
+    }
+
+    /// dz_y.
+    #[inline(always)]
+    fn target(&self, z: f32) -> f32 {
+        let lp = self.ln_p(z);
+        -self.cg * lp.exp_m1() + self.beta * lp.exp() * (lp + self.entropy)
+    }
+}
+
+/// Checks of every backward input; returns N.
+fn check_backward(len: usize, vocab: usize, targets: &[u32], saved: &GrpoSaved, temperature: f32) -> Result<usize> {
+    check_temperature(temperature)?;
+    let n = validate::rows(len, vocab)?;
+    validate::targets(targets, n, vocab)?;
+    validate::len("saved.lse", saved.lse.len(), n, "one per row")?;
+    validate::len("saved.entropy", saved.entropy.len(), n, "one per row")?;
+    validate::len("saved.grad_logp", saved.grad_logp.len(), n, "one per row")?;
+    validate::len("saved.grad_entropy", saved.grad_entropy.len(), n, "one per row")?;
+    Ok(n)
 }
 
 /// Backward into a new buffer: dlogits = grad_loss · ∂loss/∂z, in the logits dtype.
 /// ∂loss/∂z_tj = (1/T)·[g_t·(δ_{j,y_t} − p_tj) − h_t·p_tj·(ln p_tj + H_t)], masked rows zero.
+///
+/// Errors as [`grpo_backward_into`].
 pub fn grpo_backward<E: Element>(
     logits: &[E],
     vocab: usize,
@@ -34,7 +260,14 @@ pub fn grpo_backward<E: Element>(
     Ok(out)
 }
 
-/// Backward into a caller-given buffer of the logits' shape.
+/// Backward into a caller-given buffer of the logits' shape (see [`grpo_backward`]): one read of
+/// each logit, one write of each gradient, rows in parallel; p_tj = exp(z_tj/T − lse_t) from the
+/// saved lse. `temperature` must be the forward's.
+///
+/// Errors: [`crate::Error::InvalidTemperature`], [`crate::Error::EmptyVocab`],
+/// [`crate::Error::ShapeMismatch`] (logits not a multiple of V, `out`, `targets` or a `saved`
+/// vector of the wrong length), [`crate::Error::TargetOutOfRange`],
+/// [`crate::Error::NonFiniteInput`] for a NaN/infinite `grad_loss`. Nothing is written on error.
 pub fn grpo_backward_into<E: Element>(
     logits: &[E],
     vocab: usize,
@@ -44,11 +277,32 @@ pub fn grpo_backward_into<E: Element>(
     grad_loss: f32,
     out: &mut [E],
 ) -> Result<()> {
-    let _ = (logits, vocab, targets, saved, temperature, grad_loss, out);
-    todo!("cpu::grpo_backward_into")
+    check_backward(logits.len(), vocab, targets, saved, temperature)?;
+    validate::len("dlogits", out.len(), logits.len(), "the logits' shape")?;
+    validate::finite("grad_loss", &[grad_loss])?;
+    let inv_t = 1.0 / temperature;
+    out.par_chunks_exact_mut(vocab)
+        .zip(logits.par_chunks_exact(vocab))
+        .with_min_len(rows_per_task(vocab))
+        .enumerate()
+        .for_each(|(r, (out, z))| {
+            let k = RowCoef::new(r, saved, inv_t, grad_loss);
+            if k.zero {
+                out.fill(E::from_f32(0.0));
+                return;
+            }
+            for (o, &v) in out.iter_mut().zip(z) {
+                *o = E::from_f32(k.off_target(v.to_f32()));
+            }
+            let y = targets[r] as usize;
+            out[y] = E::from_f32(k.target(z[y].to_f32()));
+        });
+    Ok(())
 }
 
 /// Backward in place: the logits buffer is overwritten with dlogits (saves one `[N, V]` buffer).
+/// Bit-identical to [`grpo_backward`]; errors as [`grpo_backward_into`] (nothing is overwritten
+/// on error).
 pub fn grpo_backward_in_place<E: Element>(
     logits: &mut [E],
     vocab: usize,
@@ -57,6 +311,22 @@ pub fn grpo_backward_in_place<E: Element>(
     temperature: f32,
     grad_loss: f32,
 ) -> Result<()> {
-    let _ = (logits, vocab, targets, saved, temperature, grad_loss);
-    todo!("cpu::grpo_backward_in_place")
+    check_backward(logits.len(), vocab, targets, saved, temperature)?;
+    validate::finite("grad_loss", &[grad_loss])?;
+    let inv_t = 1.0 / temperature;
+    logits.par_chunks_exact_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each(|(r, row)| {
+        let k = RowCoef::new(r, saved, inv_t, grad_loss);
+        if k.zero {
+            row.fill(E::from_f32(0.0));
+            return;
+        }
+        // The target's logit is read before the pass overwrites it.
+        let y = targets[r] as usize;
+        let dy = k.target(row[y].to_f32());
+        for v in row.iter_mut() {
+            *v = E::from_f32(k.off_target(v.to_f32()));
+        }
+        row[y] = E::from_f32(dy);
+    });
+    Ok(())
 }
