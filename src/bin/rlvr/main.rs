@@ -1,5 +1,58 @@
-//! The `rlvr` command line.
+//! The `rlvr` command line: make an example logits dump, compute per-token statistics
+//! (entropy, Rollout Branching Factor, target log-prob, sequence log-PPL) of a safetensors file,
+//! and benchmark the fused kernels against naive baselines.
+//!
+//! Exit codes: 0 success, 1 a problem with the input data or the run, 2 a usage error (unknown
+//! flag, bad flag value). Every error is one line on stderr.
+
+mod bench;
+mod device;
+mod error;
+mod example;
+mod io;
+mod output;
+mod progress;
+mod stats;
+mod table;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliResult;
+
+/// Fused RLVR token statistics (entropy, top-p branching factor, log-PPL) from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "rlvr", version, about, long_about = None)]
+struct Cli {
+    /// No progress bars (they are also hidden when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a synthetic LM-like logits dump (logits, targets, mask) to a .safetensors file.
+    Example(example::ExampleArgs),
+    /// Per-token lse, entropy, branch count and logp (and per-sequence log-PPL) of a logits file.
+    Stats(stats::StatsArgs),
+    /// Time the fused statistics against a plain log-sum-exp and the naive candle composition.
+    Bench(bench::BenchArgs),
+}
+
+fn run(cli: &Cli) -> CliResult<()> {
+    match &cli.command {
+        Command::Example(args) => example::run(args, cli.quiet),
+        Command::Stats(args) => stats::run(args, cli.quiet),
+        Command::Bench(args) => bench::run(args, cli.quiet),
+    }
+}
 
 fn main() {
-    println!("rlvr");
+    // clap prints its own usage errors and exits with code 2.
+    let cli = Cli::parse();
+    if let Err(e) = run(&cli) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
 }

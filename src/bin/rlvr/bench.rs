@@ -1,0 +1,188 @@
+//! `rlvr bench`: a quick timing of the fused token statistics against a plain one-read
+//! log-sum-exp (the floor) and the same math composed from candle ops (the naive baseline), on
+//! in-memory generated logits. criterion benches (`cargo bench`) are the careful version; this
+//! is the one-command look on whatever machine you are on.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use half::{bf16, f16};
+use indicatif::ProgressBar;
+use rlvr_kernels::{naive, DType, Element, TokenStatsConfig, DEFAULT_TOP_P};
+
+use crate::device::Device;
+use crate::error::{CliError, CliResult};
+use crate::example::{generate, RowKind};
+use crate::progress;
+use crate::table;
+
+/// Arguments of `rlvr bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Logits shape N,V (rows, vocabulary).
+    #[arg(long, default_value = "256,151936", value_parser = parse_shape)]
+    pub shape: (usize, usize),
+    /// Logits dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    pub dtype: DType,
+    /// Row shape: `lm` (peaked, LM-like) or `flat` (near-uniform, the worst case for top-p).
+    #[arg(long, value_enum, default_value_t = RowKind::Lm)]
+    pub rows: RowKind,
+    /// Top-p of the branch count, in (0, 1).
+    #[arg(long, default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Timed runs per variant (after one warm-up run); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    /// Skip the naive candle composition (slow: it sorts every row for top-p).
+    #[arg(long)]
+    pub no_naive: bool,
+    /// Where the fused statistics run (the baselines run on the CPU).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Seed of the generated logits.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Parses `N,V` (both ≥ 1).
+fn parse_shape(s: &str) -> Result<(usize, usize), String> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    let [n, v] = parts[..] else { return Err(format!("expected N,V (two numbers), got `{s}`")) };
+    let num = |x: &str| x.parse::<usize>().map_err(|e| format!("`{x}` in `{s}`: {e}"));
+    let (n, v) = (num(n)?, num(v)?);
+    if n == 0 || v == 0 {
+        return Err(format!("N and V must be at least 1, got `{s}`"));
+    }
+    Ok((n, v))
+}
+
+/// One timed variant.
+struct Variant<'a> {
+    name: String,
+    run: Box<dyn Fn() -> CliResult<()> + 'a>,
+}
+
+/// Runs `rlvr bench`.
+pub fn run(args: &BenchArgs, quiet: bool) -> CliResult<()> {
+    TokenStatsConfig { top_p: Some(args.top_p), ..Default::default() }.validate()?;
+    args.device.check_available()?;
+    if args.iters == 0 {
+        return Err(CliError::usage("--iters must be at least 1"));
+    }
+    match args.dtype {
+        DType::F32 => bench_as::<f32>(args, quiet),
+        DType::BF16 => bench_as::<bf16>(args, quiet),
+        DType::F16 => bench_as::<f16>(args, quiet),
+    }
+}
+
+fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) -> CliResult<()> {
+    let (n, v) = args.shape;
+    let gen_bar = progress::bar(n as u64, "generating logits", quiet);
+    let gen = generate::<E>(n, v, args.rows, args.seed, &gen_bar)?;
+    gen_bar.finish_and_clear();
+    let (logits, targets) = (&gen.logits[..], &gen.targets[..]);
+    let with_p = TokenStatsConfig { top_p: Some(args.top_p), ..Default::default() };
+    let no_p = TokenStatsConfig { top_p: None, ..Default::default() };
+    let dev = args.device;
+
+    // Describes the rows (and checks the fused path works) before anything is timed.
+    let probe = dev.token_stats(logits, v, Some(targets), &with_p)?;
+    let mean = |x: &mut dyn Iterator<Item = f64>| x.sum::<f64>() / n as f64;
+    let mean_h = mean(&mut probe.entropy.iter().map(|&h| h as f64));
+    let mean_k = mean(&mut probe.branch.iter().flatten().map(|&k| k as f64));
+
+    let mut variants = vec![
+        Variant {
+            name: "plain LSE (one read, cpu)".into(),
+            run: Box::new(|| {
+                black_box(naive::plain_lse(logits, v));
+                Ok(())
+            }),
+        },
+        Variant {
+            name: format!("fused stats, no top-p ({})", dev.name()),
+            run: Box::new(move || {
+                black_box(dev.token_stats(logits, v, Some(targets), &no_p)?);
+                Ok(())
+            }),
+        },
+        Variant {
+            name: format!("fused stats, top-p {} ({})", args.top_p, dev.name()),
+            run: Box::new(move || {
+                black_box(dev.token_stats(logits, v, Some(targets), &with_p)?);
+                Ok(())
+            }),
+        },
+    ];
+    if !args.no_naive {
+        let cpu = candle_core::Device::Cpu;
+        let candle_err = |e: candle_core::Error| CliError::runtime(format!("candle: {e}"));
+        let t_logits = candle_core::Tensor::from_slice(logits, (n, v), &cpu).map_err(candle_err)?;
+        let t_targets = candle_core::Tensor::from_slice(targets, n, &cpu).map_err(candle_err)?;
+        variants.push(Variant {
+            name: format!("candle composition, sort top-p {} (cpu)", args.top_p),
+            run: Box::new(move || {
+                black_box(naive::candle_token_stats(&t_logits, Some(&t_targets), &with_p)?);
+                Ok(())
+            }),
+        });
+    }
+
+    let bar = progress::bar((variants.len() * (args.iters + 1)) as u64, "benchmarking", quiet);
+    let mut medians = Vec::new();
+    for variant in &variants {
+        medians.push(time(&variant.run, args.iters, &bar)?);
+    }
+    bar.finish_and_clear();
+
+    let bytes = (n * v * <E as Element>::DTYPE.size()) as f64;
+    println!(
+        "bench    [N, V] = [{n}, {v}] {} {:?} rows (mean entropy {mean_h:.3} nats, mean branch {mean_k:.1} at top-p {}), {:.1} MiB of logits",
+        <E as Element>::DTYPE,
+        args.rows,
+        args.top_p,
+        bytes / (1 << 20) as f64
+    );
+    println!("machine  {} rayon threads; median of {} runs after 1 warm-up", rayon::current_num_threads(), args.iters);
+    print_table(&variants, &medians, bytes, !args.no_naive);
+    Ok(())
+}
+
+/// Median wall time of `iters` runs after one warm-up run.
+fn time(run: &dyn Fn() -> CliResult<()>, iters: usize, bar: &ProgressBar) -> CliResult<Duration> {
+    run()?;
+    bar.inc(1);
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        run()?;
+        times.push(start.elapsed());
+        bar.inc(1);
+    }
+    times.sort_unstable();
+    let mid = times.len() / 2;
+    Ok(if times.len() % 2 == 1 { times[mid] } else { (times[mid - 1] + times[mid]) / 2 })
+}
+
+fn print_table(variants: &[Variant<'_>], medians: &[Duration], bytes: f64, has_naive: bool) {
+    let secs = |d: &Duration| d.as_secs_f64();
+    let plain = secs(&medians[0]);
+    let naive = has_naive.then(|| secs(&medians[medians.len() - 1]));
+    let rows: Vec<Vec<String>> = variants
+        .iter()
+        .zip(medians)
+        .map(|(variant, d)| {
+            let t = secs(d);
+            vec![
+                variant.name.clone(),
+                format!("{:.3} ms", t * 1e3),
+                format!("{:.2}", bytes / t / 1e9),
+                format!("{:.2}x", t / plain),
+                naive.map_or("-".into(), |c| format!("{:.1}x", c / t)),
+            ]
+        })
+        .collect();
+    table::print(&["variant", "median", "GB/s", "time / plain LSE", "speed-up vs candle"], &rows);
+}
