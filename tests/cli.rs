@@ -565,7 +565,7 @@ fn bench_runs_and_prints_its_table() {
         assert_eq!(variants.len(), 4, "{stdout}");
         assert!(variants["plain LSE"].contains("1.00x"), "{stdout}");
         assert!(variants["candle composition"].trim_end().ends_with("1.0x"), "{stdout}");
-        assert!(stdout.contains(&format!("[N, V] = [16, 300] {dtype}")), "{stdout}");
+        assert!(stdout.contains(&format!("[N, V] = [16, 300] {dtype} {rows} rows")), "{stdout}");
     }
     let stdout = ok(&["bench", "--shape", "8,100", "--iters", "1", "--no-naive"]);
     assert!(!stdout.contains("candle composition"), "{stdout}");

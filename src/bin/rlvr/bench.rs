@@ -139,9 +139,12 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
 
     let bytes = (n * v * <E as Element>::DTYPE.size()) as f64;
     println!(
-        "bench    [N, V] = [{n}, {v}] {} {:?} rows (mean entropy {mean_h:.3} nats, mean branch {mean_k:.1} at top-p {}), {:.1} MiB of logits",
+        "bench    [N, V] = [{n}, {v}] {} {} rows (mean entropy {mean_h:.3} nats, mean branch {mean_k:.1} at top-p {}), {:.1} MiB of logits",
         <E as Element>::DTYPE,
-        args.rows,
+        match args.rows {
+            RowKind::Lm => "lm",
+            RowKind::Flat => "flat",
+        },
         args.top_p,
         bytes / (1 << 20) as f64
     );
