@@ -86,7 +86,7 @@ impl Batch {
 }
 
 fn batch() -> impl Strategy<Value = Batch> {
-    (1usize..=12, 1usize..=6, 0usize..=5, any::<u64>()).prop_map(|(t, g, n, seed)| Batch::build(t, g, n, seed))
+    (1usize..=40, 1usize..=8, 0usize..=5, any::<u64>()).prop_map(|(t, g, n, seed)| Batch::build(t, g, n, seed))
 }
 
 /// Every shaping combination: off, default coefficients, non-default coefficients.
