@@ -4,7 +4,7 @@
 //! exact top-p Rollout Branching Factor, sequence log-perplexity and the shaped GRPO loss
 //! (forward and backward to the logits), after arXiv 2508.07534.
 //!
-//! - [`reference`]: float64, obviously-correct implementations of every formula — the spec.
+//! - [`reference`](mod@reference): float64, obviously-correct implementations of every formula — the spec.
 //! - [`cpu`]: fast fused CPU implementations over bf16/f16/f32 rows, tested against the spec.
 //! - [`metrics`], [`rft`]: Pass@k, k-rollout unsolvable sets, RFT data selection.
 //!
@@ -15,6 +15,8 @@
 
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod element;
 pub mod error;
 pub mod metrics;

@@ -98,9 +98,9 @@ pub fn ppl_factor(w: f64, p: &PplShaping) -> f64 {
     (1.0 - p.alpha as f64 * w).clamp(p.lo as f64, p.hi as f64)
 }
 
-/// Per-token shaped advantages from per-sequence advantages `adv` ([B]) over the `[B, T]`
+/// Per-token shaped advantages from per-sequence advantages `adv` (`[B]`) over the `[B, T]`
 /// `mask`. Position shaping (counted tokens only) first, with its cap from the unshaped |A|;
-/// then the PPL factor multiplies every token of the sequence (needs `ppl_weight`, [B]).
+/// then the PPL factor multiplies every token of the sequence (needs `ppl_weight`, `[B]`).
 /// A = 0 gets no bonus. Masked tokens carry A (times the PPL factor when on).
 pub fn shape_advantages(
     adv: &[f64],
@@ -150,7 +150,7 @@ pub fn shape_advantages(
 }
 
 /// The whole advantage pipeline of DESIGN.md §4: log-PPL of `old_logp` → PPL weight (when PPL
-/// shaping is on) → GRPO advantages of `rewards` ([B]) → shaped per-token advantages ([B·T]).
+/// shaping is on) → GRPO advantages of `rewards` (`[B]`) → shaped per-token advantages (`[B·T]`).
 pub fn token_advantages(
     rewards: &[f32],
     old_logp: &[f32],
