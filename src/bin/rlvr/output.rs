@@ -57,7 +57,7 @@ pub fn write(path: &Path, format: OutFormat, out: &StatsOutput<'_>, cfg: &TokenS
 }
 
 /// Tensors `lse`, `entropy` (f32), `branch` (u32), `logp` (f32) shaped like the logits without V,
-/// and `log_ppl` [B] (f32, NaN for a sequence without counted tokens). The settings go to the
+/// and `log_ppl` `[B]` (f32, NaN for a sequence without counted tokens). The settings go to the
 /// file's metadata.
 fn write_safetensors(
     path: &Path,
