@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Builds the `cuda` test and bench binaries here (a CPU-only machine is fine) and packs them, with
+# scripts/gpu-check.sh, into the git-ignored .gpu/ folder: copy that folder to a GPU host (CUDA
+# 13.0 driver, no Rust needed) and run `bash .gpu/gpu-check.sh` there.
+#
+# Binaries are stripped and gzipped (candle's CUDA kernels make each ~40 MB; PTX compresses well)
+# so the bundle stays far below 64 MiB. Uses CARGO_TARGET_DIR=target/cuda unless set, so the
+# CUDA build does not invalidate or lock the CPU build in target/.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+bash scripts/cuda-toolchain.sh >/dev/null
+# shellcheck disable=SC1091
+source "${RLVR_CUDA_TOOLCHAIN:-$repo/.cuda-toolchain}/env.sh"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target/cuda}
+
+# Paths of the executables cargo built, from its JSON messages.
+executables() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["executable"])'
+}
+
+tests=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null | executables | grep '^cuda')
+benches=$(cargo bench --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | executables)
+[[ -n $tests && -n $benches ]] || { echo "build-gpu-bundle: no cuda test or bench binary was built" >&2; exit 1; }
+
+rm -rf .gpu
+mkdir -p .gpu
+pack() { # name path
+    strip -o ".gpu/$1" "$2"
+    gzip -9 ".gpu/$1"
+}
+while read -r name path; do pack "$name" "$path"; done <<<"$tests"
+while read -r name path; do pack "bench_$name" "$path"; done <<<"$benches"
+cp scripts/gpu-check.sh .gpu/
+du -b .gpu/* | awk '{printf "%10d  %s\n", $1, $2; t += $1} END {printf "%10d  total (%.1f MiB)\n", t, t / 1048576}'

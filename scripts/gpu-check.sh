@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Runs on the GPU host (CUDA 13.0 driver, compute-sanitizer; no Rust) from the .gpu/ folder made
+# by scripts/build-gpu-bundle.sh:  bash .gpu/gpu-check.sh
+#
+# 1. every cuda_* test binary (property tests vs the f64 reference, N > 65535, N·V > 2^32,
+#    bad rows, 10 bit-identical runs);
+# 2. compute-sanitizer memcheck and racecheck on the small case `sanitizer_small_case`;
+# 3. the bench (plain read, fused stats with/without top-p, candle composition);
+# then a short table, last. Logs go to $OUT (the device tool's folder) or /tmp/rlvr-gpu/out.
+# Budget: about 8 minutes on an H100. Exit status: non-zero if any step failed.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+work=${TMPDIR:-/tmp}/rlvr-gpu
+out=${OUT:-$work/out}
+mkdir -p "$work" "$out"
+export PROPTEST_CASES=${PROPTEST_CASES:-1000}
+sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+
+for f in "$here"/*.gz; do
+    gunzip -c "$f" >"$work/$(basename "$f" .gz)"
+    chmod +x "$work/$(basename "$f" .gz)"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
+
+summary=()
+failed=0
+step() { # name, log, command...: runs it, records "name: ok/FAILED (rc) in Ns"
+    local name=$1 log=$2 t0=$SECONDS rc
+    shift 2
+    "$@" >"$out/$log" 2>&1
+    rc=$?
+    local status="ok"
+    if [[ $rc -ne 0 ]]; then status="FAILED (exit $rc, see $out/$log)"; failed=1; fi
+    summary+=("$(printf '%-34s %-8s %s' "$name" "$((SECONDS - t0))s" "$status")")
+    tail -n 3 "$out/$log"
+}
+
+for t in "$work"/cuda_*; do
+    [[ -x $t ]] || continue
+    name=$(basename "$t")
+    step "tests $name" "$name.log" timeout 300 "$t" --test-threads 4
+    grep -h "skipping" "$out/$name.log" && failed=1 # a GPU host must not skip
+    summary+=("    $(grep -h '^test result' "$out/$name.log" | tail -n 1)")
+    for tool in memcheck racecheck; do
+        step "$tool sanitizer_small_case" "$name.$tool.log" timeout 240 "$sanitizer" --tool "$tool" \
+            --error-exitcode 9 "$t" sanitizer_small_case --test-threads 1
+        summary+=("    $(grep -h 'ERROR SUMMARY' "$out/$name.$tool.log" | tail -n 1)")
+    done
+done
+
+for b in "$work"/bench_*; do
+    [[ -x $b ]] || continue
+    step "bench $(basename "$b")" "$(basename "$b").log" timeout 420 "$b"
+done
+
+echo
+echo "== rlvr-kernels GPU check, $(date -u +%Y-%m-%dT%H:%MZ), $(cat "$out/device.txt")"
+printf '%s\n' "${summary[@]}"
+for b in "$work"/bench_*; do
+    log="$out/$(basename "$b").log"
+    grep -h "device memory in use" "$log"
+    sed -n '/^CUDA token statistics/,$p' "$log"
+done
+exit $failed

@@ -1,0 +1,30 @@
+//! Hand-written CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`) behind safe
+//! functions over cudarc device memory (feature `cuda`).
+//!
+//! Every function takes the caller's `&Arc<CudaStream>` and launches there, so with candle pass
+//! `candle_core::CudaDevice::cuda_stream()` and the kernels run in order with candle's work.
+//! Inputs are [`CudaView`]s (`slice.as_view()`, or `slice.slice(a..b)`), outputs are new or
+//! caller-given [`CudaSlice`]s. Shapes are checked before any launch; every driver error becomes
+//! [`crate::Error::Cuda`] naming the operation (out of memory says so). Kernel modules are loaded
+//! once per CUDA context. `unsafe` is confined to the kernel launches, each with a `// SAFETY:`
+//! line that matches the argument list to the kernel signature.
+//!
+//! - [`token_stats`] / [`token_stats_into`] / [`token_stats_host`]: lse, entropy, target
+//!   log-prob and the exact top-p branch count from one read of each row.
+//! - [`plain_read_into`]: the bandwidth reference (a plain read of the same rows).
+//! - [`median_ms`], [`bench_token_stats`]: GPU timing with CUDA events.
+
+/// The cudarc that candle-core uses (re-exported so callers name the same types).
+pub use candle_core::cuda_backend::cudarc;
+pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView};
+
+mod context;
+mod timing;
+mod token_stats;
+
+pub use context::open_stream;
+pub use timing::{bench_token_stats, median_ms, TokenStatsTimes};
+pub use token_stats::{
+    check_rows, plain_read_into, token_stats, token_stats_host, token_stats_into, TokenStatsBuffers, MAX_TOP_P_VOCAB,
+    ROW_ALL_NEG_INF, ROW_BAD_TARGET, ROW_NON_FINITE,
+};

@@ -1,0 +1,294 @@
+//! Safe wrappers of `kernels/token_stats.cu`: per-row lse, entropy, target log-prob and the exact
+//! top-p branch count from one read of each row, on the caller's stream.
+
+use std::sync::Arc;
+
+use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module};
+use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg};
+use crate::config::TokenStatsConfig;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::types::TokenStats;
+use crate::validate;
+
+/// Flag bit: the row has a NaN or +inf logit.
+pub const ROW_NON_FINITE: u32 = 1;
+/// Flag bit: every logit of the row is −inf.
+pub const ROW_ALL_NEG_INF: u32 = 2;
+/// Flag bit: the row's target id is ≥ V (its `logp` is NaN).
+pub const ROW_BAD_TARGET: u32 = 4;
+
+/// Largest V for the top-p count: the mass histogram is fixed point with 62 − bits(V) fraction
+/// bits, and V·2^(2·bits(V) − 63) bounds its relative error; at 2^22 that is 2e-6, below the
+/// 1e-5 band of DESIGN.md §4.
+pub const MAX_TOP_P_VOCAB: usize = 1 << 22;
+
+/// Dynamic shared memory of the top-p kernels: `sizeof(Hist)` in token_stats.cu (2048 × u64
+/// mass + 2048 × u32 count + 32768 × u32 fine counters / key list). The kernel traps if given less.
+const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4;
+
+/// How far below ln((1 − p)/V) a token must be to be skipped by the top-p histogram: margin
+/// for f32 rounding of the running max and the threshold (the rule itself is exact).
+const PRUNE_MARGIN: f64 = 0.05;
+
+/// Device outputs of the token statistics, one entry per row.
+#[derive(Debug)]
+pub struct TokenStatsBuffers {
+    /// log-sum-exp of x = z / T.
+    pub lse: CudaSlice<f32>,
+    /// Entropy H in nats.
+    pub entropy: CudaSlice<f32>,
+    /// x_y − lse (present when computed with targets).
+    pub logp: Option<CudaSlice<f32>>,
+    /// Branch count at top-p (present when computed with top-p).
+    pub branch: Option<CudaSlice<u32>>,
+    /// [`ROW_NON_FINITE`] / [`ROW_ALL_NEG_INF`] / [`ROW_BAD_TARGET`] bits; 0 = a valid row. Rows
+    /// with a flag have NaN statistics and branch 0.
+    pub flags: CudaSlice<u32>,
+}
+
+impl TokenStatsBuffers {
+    /// Zeroed outputs for `rows` rows, with `logp` when `with_logp` and `branch` when `with_branch`.
+    pub fn new(stream: &Arc<CudaStream>, rows: usize, with_logp: bool, with_branch: bool) -> Result<Self> {
+        let f = |op| stream.alloc_zeros::<f32>(rows).map_err(cuda_err(op));
+        Ok(Self {
+            lse: f("allocate lse")?,
+            entropy: f("allocate entropy")?,
+            logp: if with_logp { Some(f("allocate logp")?) } else { None },
+            branch: if with_branch {
+                Some(stream.alloc_zeros::<u32>(rows).map_err(cuda_err("allocate branch"))?)
+            } else {
+                None
+            },
+            flags: stream.alloc_zeros::<u32>(rows).map_err(cuda_err("allocate flags"))?,
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.lse.len()
+    }
+
+    /// Copies the outputs to the host (synchronises `stream`).
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<TokenStats> {
+        let op = "copy token stats to host";
+        Ok(TokenStats {
+            lse: stream.clone_dtoh(&self.lse).map_err(cuda_err(op))?,
+            entropy: stream.clone_dtoh(&self.entropy).map_err(cuda_err(op))?,
+            logp: self.logp.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
+            branch: self.branch.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
+        })
+    }
+}
+
+/// Checks the configuration, shapes and output buffers; returns N.
+fn check_shapes<E>(
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+    out: &TokenStatsBuffers,
+) -> Result<usize> {
+    cfg.validate()?;
+    let n = validate::rows(logits.len(), vocab)?;
+    if vocab > u32::MAX as usize || (cfg.top_p.is_some() && vocab > MAX_TOP_P_VOCAB) {
+        let limit = if cfg.top_p.is_some() { MAX_TOP_P_VOCAB } else { u32::MAX as usize };
+        return Err(Error::ShapeMismatch {
+            name: "logits",
+            expected: format!("V <= {limit} on CUDA"),
+            got: format!("V = {vocab}"),
+        });
+    }
+    if let Some(t) = targets {
+        validate::len("targets", t.len(), n, "one per row")?;
+    }
+    validate::len("lse", out.lse.len(), n, "output, one per row")?;
+    validate::len("entropy", out.entropy.len(), n, "output, one per row")?;
+    validate::len("flags", out.flags.len(), n, "output, one per row")?;
+    let want = |name, present: bool, needed: bool, len: Option<usize>| match (present, needed) {
+        (true, true) => validate::len(name, len.unwrap_or(0), n, "output, one per row"),
+        (false, false) => Ok(()),
+        (p, _) => Err(Error::ShapeMismatch {
+            name,
+            expected: if p { "no buffer (not requested)".into() } else { format!("a buffer of {n} elements") },
+            got: if p { "a buffer".into() } else { "none".into() },
+        }),
+    };
+    want("logp", out.logp.is_some(), targets.is_some(), out.logp.as_ref().map(|s| s.len()))?;
+    want("branch", out.branch.is_some(), cfg.top_p.is_some(), out.branch.as_ref().map(|s| s.len()))?;
+    Ok(n)
+}
+
+/// Launches the fused token statistics of row-major `[N, V]` `logits` on `stream`, writing into
+/// `out` (no synchronisation, no flag check: see [`check_rows`]). `out` must have `logp` exactly
+/// when `targets` is given and `branch` exactly when `cfg.top_p` is set.
+///
+/// Per row: lse, entropy H = lse − W/S, logp = x_y − lse and the branch count at top-p (exact,
+/// ties interchangeable), from one read of the row (f32 rows re-read the crossing part, mostly
+/// from L2). Same bits on every run. Targets ≥ V are not read: they set [`ROW_BAD_TARGET`].
+pub fn token_stats_into<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+    out: &mut TokenStatsBuffers,
+) -> Result<()> {
+    let n = check_shapes(logits, vocab, targets, cfg, out)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (n_rows, v32, inv_t) = (n as u64, vocab as u32, 1.0 / cfg.temperature);
+    let null: u64 = 0;
+    match cfg.top_p {
+        None => {
+            let name = dtype_name(["token_stats_f32", "token_stats_bf16", "token_stats_f16"], E::DTYPE);
+            let k = Kernel { module: Module::TokenStats, name, shared_bytes: 0 };
+            let (func, lc) = launch_for(stream, k, n_rows)?;
+            let mut b = stream.launch_builder(&func);
+            b.arg(logits).arg(&n_rows).arg(&v32);
+            match targets {
+                Some(t) => b.arg(t),
+                None => b.arg(&null),
+            };
+            b.arg(&inv_t).arg(&mut out.lse).arg(&mut out.entropy);
+            match out.logp.as_mut() {
+                Some(l) => b.arg(l),
+                None => b.arg(&null),
+            };
+            b.arg(&mut out.flags);
+            // SAFETY: token_stats_<dtype>(const E* logits, u64 n_rows, u32 vocab, const u32* targets
+            // (or null), f32 inv_t, f32* lse, f32* entropy, f32* logp (or null), u32* flags): the
+            // arguments above in that order and type; every buffer holds N·V resp. N elements
+            // (checked above), and the kernel writes only rows < n_rows.
+            unsafe { b.launch(lc) }.map_err(cuda_err("launch token_stats"))?;
+        }
+        Some(p) => {
+            let name = dtype_name(["token_stats_topp_f32", "token_stats_topp_bf16", "token_stats_topp_f16"], E::DTYPE);
+            let k = Kernel { module: Module::TokenStats, name, shared_bytes: TOP_P_SHARED_BYTES };
+            let (func, lc) = launch_for(stream, k, n_rows)?;
+            let prune_z =
+                (((1.0 - p as f64).ln() - (vocab as f64).ln() - PRUNE_MARGIN) * cfg.temperature as f64) as f32;
+            let frac: i32 = 62 - (usize::BITS - vocab.leading_zeros()) as i32;
+            let branch = out.branch.as_mut().expect("checked: branch buffer present with top_p");
+            let mut b = stream.launch_builder(&func);
+            b.arg(logits).arg(&n_rows).arg(&v32);
+            match targets {
+                Some(t) => b.arg(t),
+                None => b.arg(&null),
+            };
+            b.arg(&inv_t).arg(&p).arg(&prune_z).arg(&frac).arg(&mut out.lse).arg(&mut out.entropy);
+            match out.logp.as_mut() {
+                Some(l) => b.arg(l),
+                None => b.arg(&null),
+            };
+            b.arg(branch).arg(&mut out.flags);
+            // SAFETY: token_stats_topp_<dtype>(const E* logits, u64 n_rows, u32 vocab, const u32*
+            // targets (or null), f32 inv_t, f32 top_p, f32 prune_z, i32 frac, f32* lse, f32*
+            // entropy, f32* logp (or null), u32* branch, u32* flags): the arguments above in that
+            // order and type; buffer lengths checked above; `lc` gives the TOP_P_SHARED_BYTES of
+            // dynamic shared memory the kernel's histograms need (it traps if given less).
+            unsafe { b.launch(lc) }.map_err(cuda_err("launch token_stats_topp"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The first bad row recorded in `out.flags`, as the error the CPU path returns (targets out of
+/// range first, as [`crate::reference::token_stats`] checks them first; then NaN/+inf or all −inf
+/// rows in row order). Synchronises `stream`. `targets` is only read for the error message.
+pub fn check_rows(
+    stream: &Arc<CudaStream>,
+    out: &TokenStatsBuffers,
+    targets: Option<&CudaView<'_, u32>>,
+    vocab: usize,
+) -> Result<()> {
+    let flags = stream.clone_dtoh(&out.flags).map_err(cuda_err("copy row flags to host"))?;
+    if let Some(token) = flags.iter().position(|&f| f & ROW_BAD_TARGET != 0) {
+        let target = match targets {
+            Some(t) => {
+                let one = t.slice(token..token + 1);
+                stream.clone_dtoh(&one).map_err(cuda_err("copy target to host"))?[0]
+            }
+            None => u32::MAX,
+        };
+        return Err(Error::TargetOutOfRange { token, target, vocab });
+    }
+    validate::first_bad_row(flags.len(), |row| match flags[row] {
+        f if f & ROW_NON_FINITE != 0 => Some(Error::NonFiniteLogits { row }),
+        f if f & ROW_ALL_NEG_INF != 0 => Some(Error::AllNegInfRow { row }),
+        _ => None,
+    })
+}
+
+/// [`token_stats_into`] into new buffers; with `cfg.check_finite`, then [`check_rows`] (one host
+/// synchronisation), so a bad row is an error naming it.
+pub fn token_stats<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+) -> Result<TokenStatsBuffers> {
+    let n = validate::rows(logits.len(), vocab)?;
+    let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), cfg.top_p.is_some())?;
+    token_stats_into(stream, logits, vocab, targets, cfg, &mut out)?;
+    if cfg.check_finite {
+        check_rows(stream, &out, targets, vocab)?;
+    }
+    Ok(out)
+}
+
+/// Host slices in, host [`TokenStats`] out: copies `logits` (and `targets`) to the device of
+/// `stream`, runs [`token_stats`] and copies the results back. Same signature, errors and
+/// results (within f32 rounding; branch within the band of DESIGN.md §4) as
+/// [`crate::cpu::token_stats`]. This is what `rlvr stats --device cuda` calls.
+pub fn token_stats_host<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+) -> Result<TokenStats> {
+    cfg.validate()?;
+    let n = validate::rows(logits.len(), vocab)?;
+    if let Some(t) = targets {
+        validate::targets(t, n, vocab)?;
+    }
+    let d_logits = stream.clone_htod(logits).map_err(cuda_err("copy logits to device"))?;
+    let d_targets = targets.map(|t| stream.clone_htod(t)).transpose().map_err(cuda_err("copy targets to device"))?;
+    let t_view = d_targets.as_ref().map(|t| t.as_view());
+    let out = token_stats(stream, &d_logits.as_view(), vocab, t_view.as_ref(), cfg)?;
+    out.to_host(stream)
+}
+
+/// The bandwidth reference: reads every element of each row once with the same 16-byte loads and
+/// launch shape as the fused kernels, writing the row sum to `out` (N entries). No sync.
+pub fn plain_read_into<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    out: &mut CudaSlice<f32>,
+) -> Result<()> {
+    let n = validate::rows(logits.len(), vocab)?;
+    validate::len("out", out.len(), n, "output, one per row")?;
+    if vocab > u32::MAX as usize {
+        return Err(Error::ShapeMismatch {
+            name: "logits",
+            expected: format!("V <= {}", u32::MAX),
+            got: format!("V = {vocab}"),
+        });
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let name = dtype_name(["plain_read_f32", "plain_read_bf16", "plain_read_f16"], E::DTYPE);
+    let (func, lc) = launch_for(stream, Kernel { module: Module::PlainRead, name, shared_bytes: 0 }, n as u64)?;
+    let (n_rows, v32) = (n as u64, vocab as u32);
+    let mut b = stream.launch_builder(&func);
+    b.arg(logits).arg(&n_rows).arg(&v32).arg(out);
+    // SAFETY: plain_read_<dtype>(const E* logits, u64 n_rows, u32 vocab, f32* out): the arguments
+    // in that order and type; logits holds N·V and out N elements (checked above).
+    unsafe { b.launch(lc) }.map_err(cuda_err("launch plain_read"))?;
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! `cuda::token_stats` against the f64 spec `reference::token_stats`: the same row generators,
+//! properties and top-p band as `tests/cpu_token_stats.rs`, for bf16, f16 and f32, V from 1 to
+//! 2¹⁸; plus N > 65535 rows, N·V > 2³² elements, bad rows, the slow paths of the top-p
+//! refinement, and 10 runs with the same bits. Outputs are poisoned (NaN / u32::MAX) before
+//! every run, so a row the kernel forgets to write fails.
+//!
+//! Without a CUDA device every test prints "skipping: <why>" and passes.
+//!
+//! Error budget of the kernel per row (u = 2⁻²⁴), as in the CPU test but for the GPU's order of
+//! operations: d_i = (z_i − m)·(1/T) within 3u·|d_i|; e_i = ex2(...) within ε_exp = 2⁻²¹
+//! (ex2.approx.ftz, 2⁻²² stated, doubled) + 3u·|d_i|; each thread sums its 8-element (4 for f32)
+//! vectors then adds them to its running sum (≤ 8 + n_vec roundings for n_vec vectors per
+//! thread) and rescales it at most n_vec times when its max grows (ε_exp each); 10 merge levels
+//! (5 warp, 5 block), each one rescale and one add. Hence S is within
+//! δ_S = (2 + n_vec + 10)·ε_exp + (18 + n_vec)·u + 3u·E_p|d| relative, and lse, logp, H follow
+//! as in the CPU test. Each tolerance is that first-order bound times 2 plus 1e−7 absolute.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use common::{config, logits_spec, round_to, temperature, top_p, LogitsSpec, RowKind};
+use half::{bf16, f16};
+use proptest::prelude::*;
+use rlvr_kernels::cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use rlvr_kernels::cuda::{self, TokenStatsBuffers};
+use rlvr_kernels::{reference, Element, Error, TokenStats, TokenStatsConfig};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+const EPS_EXP: f64 = 1.0 / (1u64 << 21) as f64;
+
+/// The device stream shared by all tests, or why there is none.
+fn gpu() -> Result<Arc<CudaStream>, String> {
+    static GPU: OnceLock<Result<Arc<CudaStream>, String>> = OnceLock::new();
+    GPU.get_or_init(|| cuda::open_stream(0).map_err(|e| e.to_string())).clone()
+}
+
+/// The stream, or `None` after printing why the test is skipped.
+fn gpu_or_skip(test: &str) -> Option<Arc<CudaStream>> {
+    match gpu() {
+        Ok(s) => Some(s),
+        Err(why) => {
+            println!("skipping {test}: no CUDA device ({why})");
+            None
+        }
+    }
+}
+
+/// First-order error bounds of one row (see the file comment).
+struct Tol {
+    lse: f64,
+    entropy: f64,
+    ds: f64,
+}
+
+impl Tol {
+    fn new(z: &[f64], t: f64, r: &reference::RowStats, vec: usize) -> Tol {
+        let (p, _) = reference::softmax(z, t);
+        let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) / t;
+        let (mut d1, mut d2) = (0.0, 0.0);
+        for (&zi, &pi) in z.iter().zip(&p) {
+            if pi > 0.0 {
+                let d = m - zi / t;
+                d1 += pi * d;
+                d2 += pi * d * d;
+            }
+        }
+        let n_vec = (z.len().div_ceil(1024 * vec) + 1) as f64;
+        let (exps, sums) = (12.0 + n_vec, 18.0 + n_vec);
+        let ds = exps * EPS_EXP + sums * U + 3.0 * U * d1;
+        let lse = U * m.abs() + ds + U * r.lse.abs();
+        let entropy = ds * (1.0 + d1) + d1 * (exps * EPS_EXP + (sums + 4.0) * U) + 3.0 * U * d2 + U * r.entropy.abs();
+        Tol { lse: 2.0 * lse + 1e-7, entropy: 2.0 * entropy + 1e-7, ds }
+    }
+
+    fn logp(&self, z_y: f64, zmax: f64, t: f64, logp: f64) -> f64 {
+        2.0 * (3.0 * U * ((zmax - z_y) / t) + self.ds + U * logp.abs()) + 1e-7
+    }
+}
+
+fn vec_len<E: Element>() -> usize {
+    16 / std::mem::size_of::<E>()
+}
+
+/// NaN into every float output and u32::MAX into every count, so unwritten rows fail.
+fn poison(stream: &Arc<CudaStream>, out: &mut TokenStatsBuffers) {
+    let n = out.rows();
+    let nan = vec![f32::NAN; n];
+    let ones = vec![u32::MAX; n];
+    stream.memcpy_htod(&nan, &mut out.lse).unwrap();
+    stream.memcpy_htod(&nan, &mut out.entropy).unwrap();
+    if let Some(l) = out.logp.as_mut() {
+        stream.memcpy_htod(&nan, l).unwrap();
+    }
+    if let Some(b) = out.branch.as_mut() {
+        stream.memcpy_htod(&ones, b).unwrap();
+    }
+    stream.memcpy_htod(&ones, &mut out.flags).unwrap();
+}
+
+/// Uploads, poisons the outputs, runs the kernel, checks the row flags, downloads.
+fn run<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaSlice<E>,
+    vocab: usize,
+    targets: Option<&CudaSlice<u32>>,
+    cfg: &TokenStatsConfig,
+) -> rlvr_kernels::Result<TokenStats> {
+    let n = logits.len() / vocab;
+    let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), cfg.top_p.is_some())?;
+    poison(stream, &mut out);
+    let tv = targets.map(|t| t.as_view());
+    cuda::token_stats_into(stream, &logits.as_view(), vocab, tv.as_ref(), cfg, &mut out)?;
+    cuda::check_rows(stream, &out, tv.as_ref(), vocab)?;
+    out.to_host(stream)
+}
+
+fn close(what: &str, row: usize, got: f32, want: f64, tol: f64) -> Result<(), TestCaseError> {
+    let ok = if want.is_infinite() { got as f64 == want } else { (got as f64 - want).abs() <= tol };
+    prop_assert!(ok, "{what} of row {row}: got {got}, want {want}, tol {tol:e}");
+    Ok(())
+}
+
+/// Every row of `fast` against the reference on the same (dtype-rounded) values `z`.
+fn compare<E: Element>(
+    z: &[f64],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+    fast: &TokenStats,
+    rows: impl Iterator<Item = usize>,
+) -> Result<(), TestCaseError> {
+    let t64 = cfg.temperature as f64;
+    for r in rows {
+        let row = &z[r * vocab..(r + 1) * vocab];
+        let w = reference::row_stats(row, targets.map(|t| t[r]), t64, cfg.top_p.map(|p| p as f64));
+        let tol = Tol::new(row, t64, &w, vec_len::<E>());
+        close("lse", r, fast.lse[r], w.lse, tol.lse)?;
+        close("entropy", r, fast.entropy[r], w.entropy, tol.entropy)?;
+        if let (Some(lp), Some(want_lp), Some(ts)) = (&fast.logp, w.logp, targets) {
+            let zmax = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            close("logp", r, lp[r], want_lp, tol.logp(row[ts[r] as usize], zmax, t64, want_lp))?;
+        }
+        if let (Some(b), Some(p)) = (&fast.branch, cfg.top_p) {
+            let (lo, hi) = reference::branch_band(row, t64, p as f64);
+            prop_assert!(lo <= b[r] && b[r] <= hi, "branch of row {r}: {} not in [{lo}, {hi}] (p = {p})", b[r]);
+        }
+    }
+    Ok(())
+}
+
+fn check<E: Element + DeviceRepr>(
+    spec: &LogitsSpec,
+    t: f32,
+    top_p: Option<f32>,
+    with_targets: bool,
+) -> Result<(), TestCaseError> {
+    static SAID: [std::sync::Once; 3] = [std::sync::Once::new(), std::sync::Once::new(), std::sync::Once::new()];
+    let Ok(stream) = gpu() else {
+        let test = format!("stats_match_reference_{}", E::DTYPE);
+        SAID[E::DTYPE as usize].call_once(|| drop(gpu_or_skip(&test)));
+        return Ok(());
+    };
+    let (logits, z) = round_to::<E>(&spec.generate());
+    let targets = with_targets.then(|| spec.targets());
+    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true };
+    let d_logits = stream.clone_htod(&logits).unwrap();
+    let d_targets = targets.as_ref().map(|t| stream.clone_htod(t).unwrap());
+    let fast = run(&stream, &d_logits, spec.vocab, d_targets.as_ref(), &cfg).expect("valid input");
+    prop_assert_eq!(fast.lse.len(), spec.rows);
+    compare::<E>(&z, spec.vocab, targets.as_deref(), &cfg, &fast, 0..spec.rows)
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn stats_match_reference_f32(spec in logits_spec(), t in temperature(), p in top_p(), y in any::<bool>()) {
+        check::<f32>(&spec, t, p, y)?;
+    }
+
+    #[test]
+    fn stats_match_reference_bf16(spec in logits_spec(), t in temperature(), p in top_p(), y in any::<bool>()) {
+        check::<bf16>(&spec, t, p, y)?;
+    }
+
+    #[test]
+    fn stats_match_reference_f16(spec in logits_spec(), t in temperature(), p in top_p(), y in any::<bool>()) {
+        check::<f16>(&spec, t, p, y)?;
+    }
+}
+
+#[test]
+fn skip_message_or_device() {
+    // The one test that always says what happened, so a CPU-only run shows why nothing ran.
+    match gpu() {
+        Ok(s) => println!("CUDA device: {:?}", s.context().name()),
+        Err(why) => println!("skipping all CUDA tests: no CUDA device ({why})"),
+    }
+}
+
+fn spec(kind: RowKind, rows: usize, vocab: usize, seed: u64) -> LogitsSpec {
+    LogitsSpec { kind, rows, vocab, seed, offset: 0.0, neg_inf: 0.0 }
+}
+
+/// Every shape the kernel treats specially, in one test small enough for compute-sanitizer
+/// (`memcheck`, `racecheck`): all dtypes, top-p on and off, V = 1, odd V (unaligned rows),
+/// V > blockDim·VEC, the 16-bit re-read fallback (≥ 65536 tied tokens in one bucket) and the
+/// f32 path whose crossing bucket does not fit the shared-memory list.
+#[test]
+fn sanitizer_small_case() {
+    let Some(stream) = gpu_or_skip("sanitizer_small_case") else { return };
+    fn all<E: Element + DeviceRepr>(stream: &Arc<CudaStream>) {
+        for (kind, rows, vocab) in [(RowKind::Peaked, 3, 1), (RowKind::LmLike, 5, 37), (RowKind::Zipf, 2, 9001)] {
+            for p in [None, Some(0.95f32)] {
+                let s = spec(kind, rows, vocab, 7);
+                let (logits, z) = round_to::<E>(&s.generate());
+                let targets = s.targets();
+                let cfg = TokenStatsConfig { temperature: 0.7, top_p: p, check_finite: true };
+                let d = stream.clone_htod(&logits).unwrap();
+                let dt = stream.clone_htod(&targets).unwrap();
+                let fast = run(stream, &d, vocab, Some(&dt), &cfg).unwrap();
+                compare::<E>(&z, vocab, Some(&targets), &cfg, &fast, 0..rows).unwrap();
+            }
+        }
+    }
+    all::<f32>(&stream);
+    all::<bf16>(&stream);
+    all::<f16>(&stream);
+    slow_paths(&stream);
+}
+
+/// 70000 equal bf16 logits: one bucket with ≥ 65536 tokens, so its u16 counters may wrap and the
+/// kernel re-reads the row (k = ceil(0.95·70000) = 66500, or 66501 within the band). And 70000 distinct f32 values in one coarse
+/// bucket ([1, 1.25)): more than the 32768-key list, so f32 refines by re-reading the row.
+fn slow_paths(stream: &Arc<CudaStream>) {
+    let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let v = 70_000;
+    let tied = vec![bf16::from_f32(0.5); v];
+    let fast = run(stream, &stream.clone_htod(&tied).unwrap(), v, None, &cfg).unwrap();
+    compare::<bf16>(&vec![0.5; v], v, None, &cfg, &fast, 0..1).unwrap();
+    let dense: Vec<f32> = (0..v).map(|i| f32::from_bits(1.0f32.to_bits() + (i as u32 * 29) % 2_000_000)).collect();
+    let z: Vec<f64> = dense.iter().map(|&x| x as f64).collect();
+    let fast = run(stream, &stream.clone_htod(&dense).unwrap(), v, None, &cfg).unwrap();
+    compare::<f32>(&z, v, None, &cfg, &fast, 0..1).unwrap();
+}
+
+/// Ten runs over the same input give the same bits (all outputs, all dtypes), with the outputs
+/// poisoned before each run.
+#[test]
+fn repeated_runs_are_bit_identical() {
+    let Some(stream) = gpu_or_skip("repeated_runs_are_bit_identical") else { return };
+    fn ten<E: Element + DeviceRepr>(stream: &Arc<CudaStream>, kind: RowKind) {
+        let s = spec(kind, 64, 151_936, 11);
+        let (logits, _) = round_to::<E>(&s.generate());
+        let targets = s.targets();
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+        let d = stream.clone_htod(&logits).unwrap();
+        let dt = stream.clone_htod(&targets).unwrap();
+        let first = run(stream, &d, s.vocab, Some(&dt), &cfg).unwrap();
+        let bits = |t: &TokenStats| {
+            let f = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            (f(&t.lse), f(&t.entropy), f(t.logp.as_ref().unwrap()), t.branch.clone().unwrap())
+        };
+        for i in 1..10 {
+            let again = run(stream, &d, s.vocab, Some(&dt), &cfg).unwrap();
+            assert!(bits(&again) == bits(&first), "{:?} {kind:?}: run {i} differs from run 0", E::DTYPE);
+        }
+    }
+    for kind in [RowKind::LmLike, RowKind::Flat, RowKind::Zipf] {
+        ten::<bf16>(&stream, kind);
+        ten::<f16>(&stream, kind);
+        ten::<f32>(&stream, kind);
+    }
+}
+
+/// N = 70000 > 65535 rows (no grid-dimension limit) of odd V = 37 (rows start unaligned).
+#[test]
+fn many_rows() {
+    let Some(stream) = gpu_or_skip("many_rows") else { return };
+    let s = spec(RowKind::LmLike, 70_000, 37, 5);
+    let (logits, z) = round_to::<bf16>(&s.generate());
+    let targets = s.targets();
+    let cfg = TokenStatsConfig { temperature: 1.3, top_p: Some(0.9), check_finite: true };
+    let d = stream.clone_htod(&logits).unwrap();
+    let dt = stream.clone_htod(&targets).unwrap();
+    let fast = run(&stream, &d, s.vocab, Some(&dt), &cfg).unwrap();
+    compare::<bf16>(&z, s.vocab, Some(&targets), &cfg, &fast, 0..s.rows).unwrap();
+}
+
+/// N·V = 4097 · 2²⁰ > 2³² bf16 elements (8 GiB): row 4096 starts at element 2³², so a 32-bit
+/// offset would read row 0 again. Each row is one random base row plus a spike whose position
+/// and height depend on the row, so every row's statistics differ.
+#[test]
+fn offsets_beyond_u32() {
+    let Some(stream) = gpu_or_skip("offsets_beyond_u32") else { return };
+    let (n, v) = (4097usize, 1usize << 20);
+    let need = n * v * 2 + (64 << 20);
+    let (free, _) = stream.context().mem_get_info().unwrap();
+    if free < need {
+        println!("skipping offsets_beyond_u32: {free} bytes free on the device, {need} needed");
+        return;
+    }
+    let base = round_to::<bf16>(&spec(RowKind::LmLike, 1, v, 3).generate()).0;
+    let spike = |r: usize| ((r * 7919) % v, bf16::from_f32(12.0 + (r % 64) as f32 * 0.25));
+    let mut d = stream.alloc_zeros::<bf16>(n * v).unwrap();
+    let mut row = base.clone();
+    for r in 0..n {
+        let (j, h) = spike(r);
+        row[j] = h;
+        stream.memcpy_htod(&row, &mut d.slice_mut(r * v..(r + 1) * v)).unwrap();
+        stream.synchronize().unwrap(); // `row` is reused: the copy must finish first
+        row[j] = base[j];
+    }
+    let targets: Vec<u32> = (0..n).map(|r| spike(r).0 as u32).collect();
+    let dt = stream.clone_htod(&targets).unwrap();
+    let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let fast = run(&stream, &d, v, Some(&dt), &cfg).unwrap();
+    for r in [0, 1, 2047, 4095, 4096] {
+        let (j, h) = spike(r);
+        let mut z: Vec<f64> = base.iter().map(|x| x.to_f32() as f64).collect();
+        z[j] = h.to_f32() as f64;
+        let one = TokenStats {
+            lse: vec![fast.lse[r]],
+            entropy: vec![fast.entropy[r]],
+            logp: fast.logp.as_ref().map(|l| vec![l[r]]),
+            branch: fast.branch.as_ref().map(|b| vec![b[r]]),
+        };
+        compare::<bf16>(&z, v, Some(&[targets[r]]), &cfg, &one, 0..1).unwrap_or_else(|e| panic!("row {r}: {e}"));
+    }
+}
+
+/// NaN, +inf and all −inf rows are errors naming the first bad row; a target ≥ V is an error
+/// naming its token; with `check_finite: false` they give NaN statistics and flags instead.
+#[test]
+fn bad_rows_are_errors() {
+    let Some(stream) = gpu_or_skip("bad_rows_are_errors") else { return };
+    let v = 50;
+    let cfg = TokenStatsConfig::default();
+    let mut rows = vec![0.5f32; 4 * v];
+    rows[v + 3] = f32::NAN;
+    rows[2 * v + 7] = f32::INFINITY;
+    rows[3 * v..].iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+    let run_one = |data: &[f32], targets: Option<&[u32]>, cfg: &TokenStatsConfig| {
+        let d = stream.clone_htod(data).unwrap();
+        let t = targets.map(|t| stream.clone_htod(t).unwrap());
+        let tv = t.as_ref().map(|t| t.as_view());
+        cuda::token_stats(&stream, &d.as_view(), v, tv.as_ref(), cfg).map(|o| o.to_host(&stream).unwrap())
+    };
+    assert_eq!(run_one(&rows, None, &cfg).unwrap_err(), Error::NonFiniteLogits { row: 1 });
+    assert_eq!(run_one(&rows[2 * v..], None, &cfg).unwrap_err(), Error::NonFiniteLogits { row: 0 });
+    assert_eq!(run_one(&rows[3 * v..], None, &cfg).unwrap_err(), Error::AllNegInfRow { row: 0 });
+    let targets = [0u32, 1, 2, 99];
+    assert_eq!(
+        run_one(&rows, Some(&targets), &cfg).unwrap_err(),
+        Error::TargetOutOfRange { token: 3, target: 99, vocab: v }
+    );
+    let lax = TokenStatsConfig { check_finite: false, ..cfg };
+    let out = run_one(&rows, None, &lax).unwrap();
+    assert!(out.lse[0].is_finite() && out.lse[1..].iter().all(|x| x.is_nan()));
+    assert_eq!(&out.branch.unwrap()[1..], &[0, 0, 0]);
+    let host = cuda::token_stats_host(&stream, &rows, v, None, &cfg);
+    assert_eq!(host.unwrap_err(), Error::NonFiniteLogits { row: 1 });
+}
+
+/// Wrong output buffers and bad settings are typed errors before any launch.
+#[test]
+fn shape_and_config_errors() {
+    let Some(stream) = gpu_or_skip("shape_and_config_errors") else { return };
+    let d = stream.clone_htod(&[0.0f32; 12]).unwrap();
+    let cfg = TokenStatsConfig::default();
+    let mut out = TokenStatsBuffers::new(&stream, 3, false, false).unwrap();
+    let e = cuda::token_stats_into(&stream, &d.as_view(), 4, None, &cfg, &mut out).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { name: "branch", .. }), "{e:?}");
+    let e = cuda::token_stats_into(&stream, &d.as_view(), 5, None, &cfg, &mut out).unwrap_err();
+    assert!(matches!(e, Error::ShapeMismatch { name: "logits", .. }), "{e:?}");
+    let e = cuda::token_stats(&stream, &d.as_view(), 0, None, &cfg).unwrap_err();
+    assert_eq!(e, Error::EmptyVocab);
+    let bad = TokenStatsConfig { top_p: Some(1.0), ..cfg };
+    assert_eq!(cuda::token_stats(&stream, &d.as_view(), 4, None, &bad).unwrap_err(), Error::InvalidTopP(1.0));
+    let bad = TokenStatsConfig { temperature: 0.0, ..cfg };
+    assert_eq!(cuda::token_stats(&stream, &d.as_view(), 4, None, &bad).unwrap_err(), Error::InvalidTemperature(0.0));
+    let e = cuda::token_stats_host(&stream, &[0.0f32; 12], 4, Some(&[0, 1, 4]), &cfg).unwrap_err();
+    assert_eq!(e, Error::TargetOutOfRange { token: 2, target: 4, vocab: 4 });
+}
+
+/// The kernels run on candle's own stream over a candle tensor's device memory.
+#[test]
+fn runs_on_candle_stream() {
+    let Some(_) = gpu_or_skip("runs_on_candle_stream") else { return };
+    let s = spec(RowKind::Zipf, 4, 1000, 9);
+    let (logits, z) = round_to::<bf16>(&s.generate());
+    let dev = candle_core::Device::new_cuda(0).unwrap();
+    let t = candle_core::Tensor::from_slice(&logits, (s.rows, s.vocab), &dev).unwrap();
+    let stream = dev.as_cuda_device().unwrap().cuda_stream();
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cuda(cs) = &*storage else { panic!("a CUDA tensor") };
+    let slice = cs.as_cuda_slice::<bf16>().unwrap();
+    let view = slice.slice(layout.start_offset()..layout.start_offset() + s.rows * s.vocab);
+    let cfg = TokenStatsConfig::default();
+    let fast = cuda::token_stats(&stream, &view, s.vocab, None, &cfg).unwrap().to_host(&stream).unwrap();
+    compare::<bf16>(&z, s.vocab, None, &cfg, &fast, 0..s.rows).unwrap();
+}
