@@ -21,6 +21,7 @@ pub mod element;
 pub mod error;
 pub mod metrics;
 pub mod naive;
+pub mod ops;
 pub mod reference;
 pub mod rft;
 pub mod types;
