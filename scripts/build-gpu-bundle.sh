@@ -15,7 +15,8 @@ bash scripts/cuda-toolchain.sh >/dev/null
 source "${RLVR_CUDA_TOOLCHAIN:-$repo/.cuda-toolchain}/env.sh"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target/cuda}
 
-# Paths of the executables cargo built, from its JSON messages.
+# "name path" of the executables of target kind $1 (test, bench) that cargo built, from its JSON
+# messages (cargo also builds the `rlvr` binary for integration tests: not wanted here).
 executables() {
     python3 -c '
 import json, sys
@@ -24,12 +25,17 @@ for line in sys.stdin:
         m = json.loads(line)
     except ValueError:
         continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["target"]["name"], m["executable"])'
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and sys.argv[1] in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])' "$1"
 }
 
-tests=$(cargo test --release --features cuda --no-run --message-format=json 2>/dev/null | executables | grep '^cuda')
-benches=$(cargo bench --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | executables)
+# The GPU tests are the test files that exist only with the feature: `#![cfg(feature = "cuda")]`.
+gpu_tests=$(grep -l '^#!\[cfg(feature = "cuda")\]' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
+[[ -n $gpu_tests ]] || { echo "build-gpu-bundle: no test file has #![cfg(feature = \"cuda\")]" >&2; exit 1; }
+test_args=$(printf -- '--test %s ' $gpu_tests)
+# shellcheck disable=SC2086
+tests=$(cargo test --release --features cuda $test_args --no-run --message-format=json 2>/dev/null | executables test)
+benches=$(cargo bench --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | executables bench)
 [[ -n $tests && -n $benches ]] || { echo "build-gpu-bundle: no cuda test or bench binary was built" >&2; exit 1; }
 
 rm -rf .gpu

@@ -383,6 +383,9 @@ fn shape_and_config_errors() {
     assert_eq!(cuda::token_stats(&stream, &d.as_view(), 4, None, &bad).unwrap_err(), Error::InvalidTemperature(0.0));
     let e = cuda::token_stats_host(&stream, &[0.0f32; 12], 4, Some(&[0, 1, 4]), &cfg).unwrap_err();
     assert_eq!(e, Error::TargetOutOfRange { token: 2, target: 4, vocab: 4 });
+    // N = 0 rows: empty outputs, like the CPU path.
+    let empty = cuda::token_stats_host::<bf16>(&stream, &[], 7, Some(&[]), &cfg).unwrap();
+    assert_eq!(empty, TokenStats { logp: Some(vec![]), branch: Some(vec![]), ..TokenStats::default() });
 }
 
 /// The kernels run on candle's own stream over a candle tensor's device memory.

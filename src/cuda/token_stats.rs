@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module};
-use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg};
+use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use crate::config::TokenStatsConfig;
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -50,17 +50,20 @@ pub struct TokenStatsBuffers {
 impl TokenStatsBuffers {
     /// Zeroed outputs for `rows` rows, with `logp` when `with_logp` and `branch` when `with_branch`.
     pub fn new(stream: &Arc<CudaStream>, rows: usize, with_logp: bool, with_branch: bool) -> Result<Self> {
-        let f = |op| stream.alloc_zeros::<f32>(rows).map_err(cuda_err(op));
+        fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+            stream: &Arc<CudaStream>,
+            rows: usize,
+            op: &'static str,
+        ) -> Result<CudaSlice<T>> {
+            // cudarc's own empty slice: a 0-byte allocation is not valid for every allocator.
+            if rows == 0 { stream.null() } else { stream.alloc_zeros(rows) }.map_err(cuda_err(op))
+        }
         Ok(Self {
-            lse: f("allocate lse")?,
-            entropy: f("allocate entropy")?,
-            logp: if with_logp { Some(f("allocate logp")?) } else { None },
-            branch: if with_branch {
-                Some(stream.alloc_zeros::<u32>(rows).map_err(cuda_err("allocate branch"))?)
-            } else {
-                None
-            },
-            flags: stream.alloc_zeros::<u32>(rows).map_err(cuda_err("allocate flags"))?,
+            lse: zeros(stream, rows, "allocate lse")?,
+            entropy: zeros(stream, rows, "allocate entropy")?,
+            logp: if with_logp { Some(zeros(stream, rows, "allocate logp")?) } else { None },
+            branch: if with_branch { Some(zeros(stream, rows, "allocate branch")?) } else { None },
+            flags: zeros(stream, rows, "allocate flags")?,
         })
     }
 
@@ -71,6 +74,13 @@ impl TokenStatsBuffers {
 
     /// Copies the outputs to the host (synchronises `stream`).
     pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<TokenStats> {
+        if self.rows() == 0 {
+            return Ok(TokenStats {
+                logp: self.logp.as_ref().map(|_| Vec::new()),
+                branch: self.branch.as_ref().map(|_| Vec::new()),
+                ..TokenStats::default()
+            });
+        }
         let op = "copy token stats to host";
         Ok(TokenStats {
             lse: stream.clone_dtoh(&self.lse).map_err(cuda_err(op))?,
@@ -203,6 +213,9 @@ pub fn check_rows(
     targets: Option<&CudaView<'_, u32>>,
     vocab: usize,
 ) -> Result<()> {
+    if out.rows() == 0 {
+        return Ok(());
+    }
     let flags = stream.clone_dtoh(&out.flags).map_err(cuda_err("copy row flags to host"))?;
     if let Some(token) = flags.iter().position(|&f| f & ROW_BAD_TARGET != 0) {
         let target = match targets {
@@ -254,6 +267,10 @@ pub fn token_stats_host<E: Element + DeviceRepr>(
     let n = validate::rows(logits.len(), vocab)?;
     if let Some(t) = targets {
         validate::targets(t, n, vocab)?;
+    }
+    if n == 0 {
+        let empty = TokenStatsBuffers::new(stream, 0, targets.is_some(), cfg.top_p.is_some())?;
+        return empty.to_host(stream);
     }
     let d_logits = stream.clone_htod(logits).map_err(cuda_err("copy logits to device"))?;
     let d_targets = targets.map(|t| stream.clone_htod(t)).transpose().map_err(cuda_err("copy targets to device"))?;
