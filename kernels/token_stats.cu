@@ -30,6 +30,11 @@ constexpr int NB = 1 << COARSE_BITS;   // coarse buckets
 constexpr int FINE_WORDS = 32768;      // 65536 u16 counters (16-bit keys) or 32768 u32 keys (f32 list)
 constexpr uint32_t LIST_CAP = FINE_WORDS;
 constexpr uint32_t ROW_NON_FINITE = 1, ROW_ALL_NEG_INF = 2, ROW_BAD_TARGET = 4;
+// The scans look for p·(1 - 2^-19) rather than p: the kept (unpruned) mass exceeds p by
+// (1-p)·kept/V at least, which for p near 1 and few kept tokens is near the ~1e-6 rounding of
+// the histogram masses. With this slack the scan always crosses, so the result never depends on
+// which tokens the timing-dependent pruning kept; it stays inside the band p·(1 ± 1e-5).
+constexpr double TARGET_SLACK = 1.0 - 1.0 / 524288.0;
 
 // Dynamic shared memory of the top-p kernels (155648 bytes; one CTA per SM).
 struct Hist {
@@ -459,10 +464,11 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
                 clear_hist(*h, Elem<E>::KEY_BITS == 16);
             } else {
                 const RowCtx r{st.m, inv_t, c, (float)ln_s, two_frac, frac};
+                const double target = (double)top_p * TARGET_SLACK;
                 if constexpr (Elem<E>::KEY_BITS == 16) {
-                    k = branch16<E>(rs, (double)top_p, r, *h, sh);
+                    k = branch16<E>(rs, target, r, *h, sh);
                 } else {
-                    k = branch32(rs, (double)top_p, r, *h, sh);
+                    k = branch32(rs, target, r, *h, sh);
                 }
             }
             if (threadIdx.x == 0) branch[row] = k;
