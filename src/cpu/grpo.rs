@@ -1,21 +1,24 @@
 //! The fused GRPO loss on the CPU: forward (one pass over each row) and backward (one more
 //! pass, dlogits in the logits dtype, into a new buffer or in place).
 //!
-//! Traffic per row of V logits: the forward reads the row once (inside
-//! [`row_stats`](super::token_stats)) and does O(1) scalar work per token; the backward reads
-//! the row once and writes dlogits once, from the saved lse, H, g_t and h_t. Masked rows
-//! (g = h = 0) are written as zeros without reading the logits. No `[N, V]` temporary exists
-//! besides dlogits.
+//! Traffic per row of V logits: the forward reads the row once (the token-stats kernel
+//! `row_stats`, which also gives the branch count) and does O(1) scalar work per token; the
+//! backward reads the row once and writes dlogits once, from the saved lse, H, g_t and h_t, in
+//! blocks that stay in L1 (AVX2+FMA and the polynomial exp of `cpu::math` when the CPU has
+//! them). Masked rows (g = h = 0) are written as zeros without reading the logits. No `[N, V]`
+//! temporary exists besides dlogits.
 //!
 //! Determinism: rows are independent and the scalar loss is summed in f64 in token order after
 //! the parallel part, so results are bit-identical for any thread count.
 
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use super::math::{self, SimdKernel, BLOCK};
 use super::sequence::aggregation_weights;
 use super::token_stats::{row_stats, RowOut, Scratch};
 use crate::config::{check_temperature, GrpoConfig, KlEstimator};
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::Result;
 use crate::types::{GrpoForward, GrpoInputs, GrpoSaved, CLIPPED, DUAL_CLIPPED};
 use crate::validate;
@@ -209,25 +212,94 @@ impl RowCoef {
         }
     }
 
-    /// ln p_j, floored so that a −inf logit gives p = 0 and a finite product.
+    /// ln p_j, floored so that a −inf logit gives p = 0 and a finite product (a select, not
+    /// `f32::max`, so that it vectorises).
     #[inline(always)]
-    fn ln_p(&self, z: f32) -> f32 {
-        (z * self.inv_t - self.lse).max(LN_P_FLOOR)
+    fn ln_p<const FMA: bool>(&self, z: f32) -> f32 {
+        let lp = math::fma::<FMA>(z, self.inv_t, -self.lse);
+        if lp > LN_P_FLOOR {
+            lp
+        } else {
+            LN_P_FLOOR
+        }
     }
 
-    /// dz_j for j ≠ y.
+    /// dz_j for j ≠ y: the per-element work of the backward (vectorised polynomial exp).
     #[inline(always)]
-    fn off_target(&self, z: f32) -> f32 {
-        // TODO(perf): switch to the vectorisable exp of src/cpu/math.rs once it lands.
-        let lp = self.ln_p(z);
-        lp.exp() * (self.beta * (lp + self.entropy) - self.cg)
+    fn off_target<const FMA: bool>(&self, z: f32) -> f32 {
+        let lp = self.ln_p::<FMA>(z);
+        math::exp::<FMA>(lp) * math::fma::<FMA>(self.beta, lp + self.entropy, -self.cg)
     }
 
-    /// dz_y.
+    /// dz_y (once per row, so libm's expm1 is affordable).
     #[inline(always)]
-    fn target(&self, z: f32) -> f32 {
-        let lp = self.ln_p(z);
-        -self.cg * lp.exp_m1() + self.beta * lp.exp() * (lp + self.entropy)
+    fn target<const FMA: bool>(&self, z: f32) -> f32 {
+        let lp = self.ln_p::<FMA>(z);
+        -self.cg * lp.exp_m1() + self.beta * math::exp::<FMA>(lp) * (lp + self.entropy)
+    }
+}
+
+/// Per-thread block buffers of the backward (bf16/f16 rows are widened to f32, transformed,
+/// narrowed back).
+#[derive(Debug, Default)]
+struct BackScratch {
+    wide: Vec<f32>,
+    dz: Vec<f32>,
+}
+
+/// One row of the backward, compiled twice by [`math::dispatch`]. `src = None` means in place:
+/// `dst` holds the logits and is overwritten.
+struct BackwardRow<'a, E> {
+    src: Option<&'a [E]>,
+    dst: &'a mut [E],
+    target: usize,
+    k: RowCoef,
+    scratch: &'a mut BackScratch,
+}
+
+impl<E: Element> SimdKernel for BackwardRow<'_, E> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<const FMA: bool>(self) {
+        let BackwardRow { src, dst, target, k, scratch } = self;
+        if k.zero {
+            dst.fill(E::from_f32(0.0));
+            return;
+        }
+        // Read before an in-place pass overwrites it.
+        let dy = k.target::<FMA>(src.unwrap_or(dst)[target].to_f32());
+        scratch.wide.resize(BLOCK, 0.0);
+        scratch.dz.resize(BLOCK, 0.0);
+        for (b, out) in dst.chunks_mut(BLOCK).enumerate() {
+            let zb = src.map(|s| &s[b * BLOCK..b * BLOCK + out.len()]);
+            backward_block::<E, FMA>(&k, zb, out, scratch);
+        }
+        dst[target] = E::from_f32(dy);
+    }
+}
+
+/// dz of one block: `out = dz(src)`, or `out = dz(out)` when `src` is `None`. f32 rows are
+/// transformed directly; bf16/f16 go through f32 buffers that stay in L1.
+#[inline(always)]
+fn backward_block<E: Element, const FMA: bool>(k: &RowCoef, src: Option<&[E]>, out: &mut [E], s: &mut BackScratch) {
+    if E::DTYPE == DType::F32 {
+        let o: &mut [f32] = bytemuck::cast_slice_mut(out);
+        match src {
+            Some(z) => {
+                o.iter_mut().zip(bytemuck::cast_slice::<E, f32>(z)).for_each(|(o, &z)| *o = k.off_target::<FMA>(z))
+            }
+            None => o.iter_mut().for_each(|o| *o = k.off_target::<FMA>(*o)),
+        }
+        return;
+    }
+    let dz = &mut s.dz[..out.len()];
+    let zb = math::widen(src.unwrap_or(out), &mut s.wide);
+    dz.iter_mut().zip(zb).for_each(|(d, &z)| *d = k.off_target::<FMA>(z));
+    match E::DTYPE {
+        DType::BF16 => bytemuck::cast_slice_mut::<E, half::bf16>(out).convert_from_f32_slice(dz),
+        DType::F16 => bytemuck::cast_slice_mut::<E, half::f16>(out).convert_from_f32_slice(dz),
+        DType::F32 => bytemuck::cast_slice_mut::<E, f32>(out).copy_from_slice(dz),
     }
 }
 
@@ -285,17 +357,9 @@ pub fn grpo_backward_into<E: Element>(
         .zip(logits.par_chunks_exact(vocab))
         .with_min_len(rows_per_task(vocab))
         .enumerate()
-        .for_each(|(r, (out, z))| {
+        .for_each_init(BackScratch::default, |scratch, (r, (dst, z))| {
             let k = RowCoef::new(r, saved, inv_t, grad_loss);
-            if k.zero {
-                out.fill(E::from_f32(0.0));
-                return;
-            }
-            for (o, &v) in out.iter_mut().zip(z) {
-                *o = E::from_f32(k.off_target(v.to_f32()));
-            }
-            let y = targets[r] as usize;
-            out[y] = E::from_f32(k.target(z[y].to_f32()));
+            math::dispatch(BackwardRow { src: Some(z), dst, target: targets[r] as usize, k, scratch });
         });
     Ok(())
 }
@@ -314,19 +378,12 @@ pub fn grpo_backward_in_place<E: Element>(
     check_backward(logits.len(), vocab, targets, saved, temperature)?;
     validate::finite("grad_loss", &[grad_loss])?;
     let inv_t = 1.0 / temperature;
-    logits.par_chunks_exact_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each(|(r, row)| {
-        let k = RowCoef::new(r, saved, inv_t, grad_loss);
-        if k.zero {
-            row.fill(E::from_f32(0.0));
-            return;
-        }
-        // The target's logit is read before the pass overwrites it.
-        let y = targets[r] as usize;
-        let dy = k.target(row[y].to_f32());
-        for v in row.iter_mut() {
-            *v = E::from_f32(k.off_target(v.to_f32()));
-        }
-        row[y] = E::from_f32(dy);
-    });
+    logits.par_chunks_exact_mut(vocab).with_min_len(rows_per_task(vocab)).enumerate().for_each_init(
+        BackScratch::default,
+        |scratch, (r, dst)| {
+            let k = RowCoef::new(r, saved, inv_t, grad_loss);
+            math::dispatch(BackwardRow { src: None, dst, target: targets[r] as usize, k, scratch });
+        },
+    );
     Ok(())
 }
