@@ -33,6 +33,17 @@ pub enum Error {
         got: String,
     },
 
+    /// A per-token input tensor is on another device than the logits.
+    #[error("`{name}` is on {got}, but the logits are on {expected}")]
+    DeviceMismatch {
+        /// Which input.
+        name: &'static str,
+        /// The logits' device.
+        expected: String,
+        /// The input's device.
+        got: String,
+    },
+
     /// An input tensor is not contiguous in memory (the kernels need row-major rows).
     #[error("`{name}` is not contiguous; call `.contiguous()` first")]
     NonContiguous {

@@ -6,6 +6,7 @@
 //! write by hand, differentiated by candle autograd): switching a trainer from naive to fused is
 //! a change of one call, `ops::naive::grpo_loss` → `ops::grpo_loss`.
 
+mod check;
 pub mod grpo;
 pub mod naive;
 pub mod token_stats;
