@@ -405,3 +405,17 @@ fn runs_on_candle_stream() {
     let fast = cuda::token_stats(&stream, &view, s.vocab, None, &cfg).unwrap().to_host(&stream).unwrap();
     compare::<bf16>(&z, s.vocab, None, &cfg, &fast, 0..s.rows).unwrap();
 }
+
+/// The timing helper `rlvr bench --device cuda` uses returns positive, finite GPU times.
+#[test]
+fn bench_helper_runs() {
+    let Some(stream) = gpu_or_skip("bench_helper_runs") else { return };
+    let s = spec(RowKind::LmLike, 8, 5000, 2);
+    let (logits, _) = round_to::<f16>(&s.generate());
+    let cfg = TokenStatsConfig::default();
+    let t = cuda::bench_token_stats(&stream, &logits, s.vocab, Some(&s.targets()), &cfg, 1, 3).unwrap();
+    assert_eq!(t.bytes, (8 * 5000 * 2) as u64);
+    for ms in [t.plain_ms, t.fused_ms, t.fused_top_p_ms.unwrap()] {
+        assert!(ms.is_finite() && ms > 0.0, "{t:?}");
+    }
+}

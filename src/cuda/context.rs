@@ -149,6 +149,13 @@ fn load(ctx: &Arc<CudaContext>, modules: &mut HashMap<Module, Arc<CudaModule>>, 
     Ok(Loaded { func, max_grid: per_sm * sms.max(1) as u32 })
 }
 
+/// A stream on device 0, opened on first use and shared by every later call (and the error, if
+/// there is no device): what a command-line tool that makes many calls wants.
+pub fn default_stream() -> Result<Arc<CudaStream>> {
+    static STREAM: OnceLock<Result<Arc<CudaStream>>> = OnceLock::new();
+    STREAM.get_or_init(|| open_stream(0)).clone()
+}
+
 /// A stream on device `ordinal` (a new primary-context stream), for callers without candle.
 /// With candle, pass `candle_core::CudaDevice::cuda_stream()` instead, so that the kernels run
 /// in order with candle's own work.

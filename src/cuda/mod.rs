@@ -22,7 +22,7 @@ mod context;
 mod timing;
 mod token_stats;
 
-pub use context::open_stream;
+pub use context::{default_stream, open_stream};
 pub use timing::{bench_token_stats, median_ms, TokenStatsTimes};
 pub use token_stats::{
     check_rows, plain_read_into, token_stats, token_stats_host, token_stats_into, TokenStatsBuffers, MAX_TOP_P_VOCAB,

@@ -8,7 +8,7 @@ use super::cudarc::driver::sys::CUevent_flags;
 use super::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use super::token_stats::{plain_read_into, token_stats_into, TokenStatsBuffers};
 use crate::config::TokenStatsConfig;
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::Result;
 use crate::validate;
 
@@ -68,8 +68,9 @@ const ROTATE_BYTES: usize = 128 << 20;
 
 /// Times the plain read, the fused statistics without and with top-p on `logits` (host, copied
 /// to the device, replicated to rotate through more than L2) with `warmup` + `iters` calls each.
-/// This is what `rlvr bench --device cuda` calls.
-pub fn bench_token_stats<E: Element + DeviceRepr>(
+/// GPU time only (CUDA events): no host copies inside the timed region. This is what
+/// `rlvr bench --device cuda` calls.
+pub fn bench_token_stats<E: Element>(
     stream: &Arc<CudaStream>,
     logits: &[E],
     vocab: usize,
@@ -78,32 +79,64 @@ pub fn bench_token_stats<E: Element + DeviceRepr>(
     warmup: usize,
     iters: usize,
 ) -> Result<TokenStatsTimes> {
-    cfg.validate()?;
-    let n = validate::rows(logits.len(), vocab)?;
-    if let Some(t) = targets {
-        validate::targets(t, n, vocab)?;
+    let run = Run { stream, vocab, targets, cfg, warmup, iters };
+    // `Element` does not require cudarc's `DeviceRepr`; the three element types do implement it.
+    match E::DTYPE {
+        DType::F32 => run.bench::<f32>(bytemuck::cast_slice(logits)),
+        DType::BF16 => run.bench::<half::bf16>(bytemuck::cast_slice(logits)),
+        DType::F16 => run.bench::<half::f16>(bytemuck::cast_slice(logits)),
     }
-    let bytes = std::mem::size_of_val(logits);
-    let copies = ROTATE_BYTES.div_ceil(bytes.max(1)).clamp(1, 64);
-    let inputs: Vec<CudaSlice<E>> = (0..copies)
-        .map(|_| stream.clone_htod(logits).map_err(cuda_err("copy logits to device")))
-        .collect::<Result<_>>()?;
-    let d_targets = targets.map(|t| stream.clone_htod(t)).transpose().map_err(cuda_err("copy targets to device"))?;
-    let t_view = d_targets.as_ref().map(|t| t.as_view());
-    let mut plain = stream.alloc_zeros::<f32>(n).map_err(cuda_err("allocate plain-read output"))?;
-    let plain_ms = median_ms(stream, warmup, iters, |i| {
-        plain_read_into(stream, &inputs[i % copies].as_view(), vocab, &mut plain)
-    })?;
-    let time_cfg = |c: TokenStatsConfig| -> Result<f64> {
-        let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), c.top_p.is_some())?;
-        median_ms(stream, warmup, iters, |i| {
-            token_stats_into(stream, &inputs[i % copies].as_view(), vocab, t_view.as_ref(), &c, &mut out)
-        })
-    };
-    let fused_ms = time_cfg(TokenStatsConfig { top_p: None, ..*cfg })?;
-    let fused_top_p_ms = match cfg.top_p {
-        Some(_) => Some(time_cfg(*cfg)?),
-        None => None,
-    };
-    Ok(TokenStatsTimes { bytes: bytes as u64, plain_ms, fused_ms, fused_top_p_ms })
+}
+
+/// The arguments of [`bench_token_stats`] besides the logits.
+struct Run<'a> {
+    stream: &'a Arc<CudaStream>,
+    vocab: usize,
+    targets: Option<&'a [u32]>,
+    cfg: &'a TokenStatsConfig,
+    warmup: usize,
+    iters: usize,
+}
+
+impl Run<'_> {
+    fn bench<E: Element + DeviceRepr>(&self, logits: &[E]) -> Result<TokenStatsTimes> {
+        let Run { stream, vocab, targets, cfg, warmup, iters } = *self;
+        cfg.validate()?;
+        let n = validate::rows(logits.len(), vocab)?;
+        if let Some(t) = targets {
+            validate::targets(t, n, vocab)?;
+        }
+        let bytes = std::mem::size_of_val(logits);
+        if n == 0 {
+            return Ok(TokenStatsTimes {
+                bytes: 0,
+                plain_ms: 0.0,
+                fused_ms: 0.0,
+                fused_top_p_ms: cfg.top_p.map(|_| 0.0),
+            });
+        }
+        let copies = ROTATE_BYTES.div_ceil(bytes).clamp(1, 64);
+        let inputs: Vec<CudaSlice<E>> = (0..copies)
+            .map(|_| stream.clone_htod(logits).map_err(cuda_err("copy logits to device")))
+            .collect::<Result<_>>()?;
+        let d_targets =
+            targets.map(|t| stream.clone_htod(t)).transpose().map_err(cuda_err("copy targets to device"))?;
+        let t_view = d_targets.as_ref().map(|t| t.as_view());
+        let mut plain = stream.alloc_zeros::<f32>(n).map_err(cuda_err("allocate plain-read output"))?;
+        let plain_ms = median_ms(stream, warmup, iters, |i| {
+            plain_read_into(stream, &inputs[i % copies].as_view(), vocab, &mut plain)
+        })?;
+        let time_cfg = |c: TokenStatsConfig| -> Result<f64> {
+            let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), c.top_p.is_some())?;
+            median_ms(stream, warmup, iters, |i| {
+                token_stats_into(stream, &inputs[i % copies].as_view(), vocab, t_view.as_ref(), &c, &mut out)
+            })
+        };
+        let fused_ms = time_cfg(TokenStatsConfig { top_p: None, ..*cfg })?;
+        let fused_top_p_ms = match cfg.top_p {
+            Some(_) => Some(time_cfg(*cfg)?),
+            None => None,
+        };
+        Ok(TokenStatsTimes { bytes: bytes as u64, plain_ms, fused_ms, fused_top_p_ms })
+    }
 }

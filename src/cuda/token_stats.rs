@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module};
 use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use crate::config::TokenStatsConfig;
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::{Error, Result};
 use crate::types::TokenStats;
 use crate::validate;
@@ -253,10 +253,25 @@ pub fn token_stats<E: Element + DeviceRepr>(
 }
 
 /// Host slices in, host [`TokenStats`] out: copies `logits` (and `targets`) to the device of
-/// `stream`, runs [`token_stats`] and copies the results back. Same signature, errors and
-/// results (within f32 rounding; branch within the band of DESIGN.md §4) as
+/// `stream`, runs [`token_stats`] and copies the results back. Same signature (plus the stream),
+/// errors and results (within f32 rounding; branch within the band of DESIGN.md §4) as
 /// [`crate::cpu::token_stats`]. This is what `rlvr stats --device cuda` calls.
-pub fn token_stats_host<E: Element + DeviceRepr>(
+pub fn token_stats_host<E: Element>(
+    stream: &Arc<CudaStream>,
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+) -> Result<TokenStats> {
+    // `Element` does not require cudarc's `DeviceRepr`; the three element types do implement it.
+    match E::DTYPE {
+        DType::F32 => host_typed::<f32>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg),
+        DType::BF16 => host_typed::<half::bf16>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg),
+        DType::F16 => host_typed::<half::f16>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg),
+    }
+}
+
+fn host_typed<E: Element + DeviceRepr>(
     stream: &Arc<CudaStream>,
     logits: &[E],
     vocab: usize,
