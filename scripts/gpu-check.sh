@@ -47,7 +47,7 @@ step() { # name, log, max seconds, command...: runs it, records "name  Ns  ok/FA
 }
 
 no_skip() { # a GPU host must not skip: that would be a test that silently ran nothing
-    if grep -h "skipping" "$1"; then
+    if grep -hs "skipping" "$1"; then
         summary+=("    SKIPPED on a GPU host: FAILED (see $1)")
         failed=1
     fi
@@ -83,7 +83,7 @@ echo "== rlvr-kernels GPU check, $(date -u +%Y-%m-%dT%H:%MZ), $(cat "$out/device
 printf '%s\n' "${summary[@]}"
 for b in "$work"/bench_*; do
     log="$out/$(basename "$b").log"
-    grep -h "device memory in use" "$log"
-    sed -n '/^CUDA token statistics/,$p' "$log"
+    grep -hs "device memory in use" "$log"
+    [[ -f $log ]] && sed -n '/^CUDA token statistics/,$p' "$log"
 done
 exit $failed
