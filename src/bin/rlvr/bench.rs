@@ -37,7 +37,8 @@ pub struct BenchArgs {
     /// Skip the naive candle composition (slow: it sorts every row for top-p).
     #[arg(long)]
     pub no_naive: bool,
-    /// Where the fused statistics run (the baselines run on the CPU).
+    /// Where everything runs: `cpu`, or `cuda` (GPU kernel times by CUDA events against a plain
+    /// GPU read and the candle composition on the GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
     /// Seed of the generated logits.
@@ -86,6 +87,9 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
     let with_p = TokenStatsConfig { top_p: Some(args.top_p), ..Default::default() };
     let no_p = TokenStatsConfig { top_p: None, ..Default::default() };
     let dev = args.device;
+    if dev == Device::Cuda {
+        return bench_cuda::<E>(args, logits, targets, &with_p);
+    }
 
     // Describes the rows (and checks the fused path works) before anything is timed.
     let probe = dev.token_stats(logits, v, Some(targets), &with_p)?;
@@ -151,6 +155,70 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
     println!("machine  {} rayon threads; median of {} runs after 1 warm-up", rayon::current_num_threads(), args.iters);
     print_table(&variants, &medians, bytes, !args.no_naive);
     Ok(())
+}
+
+/// `--device cuda`: GPU kernel times (CUDA events, inputs rotated past L2, no host copies timed)
+/// of the plain read, the fused statistics without and with top-p, and the candle composition
+/// on the GPU (its top-p sort runs on the host, as a typical user's code would).
+#[cfg(feature = "cuda")]
+fn bench_cuda<E: Element + candle_core::WithDType>(
+    args: &BenchArgs,
+    logits: &[E],
+    targets: &[u32],
+    with_p: &TokenStatsConfig,
+) -> CliResult<()> {
+    let (n, v) = args.shape;
+    let stream = rlvr_kernels::cuda::default_stream()?;
+    let times = rlvr_kernels::cuda::bench_token_stats(&stream, logits, v, Some(targets), with_p, 3, args.iters)?;
+    let naive_ms = if args.no_naive {
+        None
+    } else {
+        let candle_err = |e: candle_core::Error| CliError::runtime(format!("candle: {e}"));
+        let gpu = candle_core::Device::new_cuda(0).map_err(candle_err)?;
+        let t_logits = candle_core::Tensor::from_slice(logits, (n, v), &gpu).map_err(candle_err)?;
+        let t_targets = candle_core::Tensor::from_slice(targets, n, &gpu).map_err(candle_err)?;
+        let run = || -> CliResult<()> {
+            black_box(naive::candle_token_stats(&t_logits, Some(&t_targets), with_p)?);
+            gpu.synchronize().map_err(candle_err)
+        };
+        let bar = progress::bar(args.iters as u64 + 1, "benchmarking candle on cuda", false);
+        let d = time(&run, args.iters, &bar)?;
+        bar.finish_and_clear();
+        Some(d.as_secs_f64() * 1e3)
+    };
+    println!(
+        "bench    [N, V] = [{n}, {v}] {} on cuda: GPU time by CUDA events, median of {} runs",
+        <E as Element>::DTYPE,
+        args.iters
+    );
+    let mut rows = vec![("plain read (bandwidth reference)".to_string(), times.plain_ms)];
+    rows.push(("fused stats, no top-p".into(), times.fused_ms));
+    if let Some(ms) = times.fused_top_p_ms {
+        rows.push((format!("fused stats, top-p {}", args.top_p), ms));
+    }
+    if let Some(ms) = naive_ms {
+        rows.push((format!("candle composition, host-sort top-p {} (wall)", args.top_p), ms));
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(name, ms)| {
+            vec![
+                name.clone(),
+                format!("{ms:.3} ms"),
+                format!("{:.2}", times.bytes_per_s(*ms) / 1e12),
+                format!("{:.2}x", ms / times.plain_ms),
+                naive_ms.map_or("-".into(), |c| format!("{:.1}x", c / ms)),
+            ]
+        })
+        .collect();
+    table::print(&["variant", "median", "TB/s", "time / plain read", "speed-up vs candle"], &table_rows);
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda<E: Element>(_: &BenchArgs, _: &[E], _: &[u32], _: &TokenStatsConfig) -> CliResult<()> {
+    // `check_available` has already rejected `--device cuda` in a build without the feature.
+    Err(CliError::usage("this rlvr was built without the `cuda` feature; rebuild with --features cuda"))
 }
 
 /// Median wall time of `iters` runs after one warm-up run.

@@ -57,14 +57,8 @@ fn cuda_token_stats<E: Element>(
     targets: Option<&[u32]>,
     cfg: &TokenStatsConfig,
 ) -> Result<TokenStats> {
-    // TODO(cuda): call `rlvr_kernels::cuda::token_stats` here (copy the chunk to the device,
-    // run the fused kernel, copy the statistics back) once the CUDA helper has landed it; its
-    // exact signature is theirs to fix, so nothing is guessed here.
-    let _ = (logits, vocab, targets, cfg);
-    Err(rlvr_kernels::Error::Cuda {
-        op: "rlvr stats/bench",
-        msg: "the command line does not call the CUDA kernels yet (TODO in src/bin/rlvr/device.rs)".into(),
-    })
+    let stream = rlvr_kernels::cuda::default_stream()?;
+    rlvr_kernels::cuda::token_stats_host(&stream, logits, vocab, targets, cfg)
 }
 
 #[cfg(not(feature = "cuda"))]
