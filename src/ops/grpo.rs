@@ -1,10 +1,29 @@
 //! The shaped GRPO loss op: scalar loss (differentiable w.r.t. the logits) plus per-token
 //! statistics from the same fused forward.
+//!
+//! One custom op over the logits: its forward is [`crate::cpu::grpo_forward`] (one read of each
+//! row: lse, entropy, logp, branch, then the O(1) per-token loss terms and the aggregation), its
+//! result the scalar loss; the per-token outputs and the backward's saved scalars (lse, H, g_t,
+//! h_t) stay in the op's side channel. Its backward is [`crate::cpu::grpo_backward`] scaled by
+//! the upstream gradient of the loss: one more read of each row, one write of dlogits in the
+//! logits' dtype. The per-token inputs are read to the host once (O(N)).
+//!
+//! CUDA: the GRPO kernels are not built yet (another part of the project adds them); on a CUDA
+//! device the forward returns [`Error::Cuda`] saying so, and [`super::naive::grpo_loss`] (same
+//! signature) is the way to train there until then.
 
-use candle_core::Tensor;
+use std::sync::Arc;
 
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+
+use super::check::{self, HostGrpoInputs};
+use super::side::Side;
+use super::token_stats::{offsets, unsupported};
 use crate::config::GrpoConfig;
-use crate::error::Result;
+use crate::cpu;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::types::GrpoForward;
 
 /// Per-token inputs of the loss as candle tensors, all with the logits' leading shape `[B, T]`.
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +63,135 @@ pub struct GrpoLossOutput {
 
 /// The fused shaped GRPO loss of `logits` (`[B, T, V]`, bf16/f16/f32). The sequence length T
 /// is the logits' second dimension.
+///
+/// The formulas are DESIGN.md §4's (see [`crate::cpu::grpo_forward`]); `loss.backward()` gives
+/// dlogits = ∂loss/∂z in the logits' dtype from one more pass over the rows. Same signature,
+/// outputs and errors as [`super::naive::grpo_loss`], so a trainer switches by changing the call.
+///
+/// Non-contiguous `logits` are copied to a contiguous tensor first (candle's `contiguous`, free
+/// for contiguous input); the per-token inputs may have any layout (they are read to the host).
+///
+/// Errors: the configuration's ([`GrpoConfig::validate`]); [`Error::DTypeMismatch`] for logits
+/// not bf16/f16/f32, targets not u32 or the other inputs not f32; [`Error::ShapeMismatch`] for
+/// logits not of rank 3, an input of another shape than `[B, T]`, or `ref_logp` missing while
+/// the KL penalty is on; [`Error::EmptyVocab`]; [`Error::DeviceMismatch`]; the per-token values'
+/// ([`Error::TargetOutOfRange`], [`Error::InvalidMask`], [`Error::NonFiniteInput`]); with
+/// `cfg.check_finite` [`Error::NonFiniteLogits`] / [`Error::AllNegInfRow`] naming the first bad
+/// row of the flattened `[B·T, V]` view; on a CUDA device [`Error::Cuda`] (not built yet).
 pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> Result<GrpoLossOutput> {
-    let _ = (logits, inputs, cfg);
-    todo!("ops::grpo_loss")
+    let host = check::grpo(logits, inputs, cfg)?;
+    let logits = logits.contiguous()?;
+    let lead = host.lead.clone();
+    let side = Arc::new(Side::default());
+    let op = GrpoOp { cfg: *cfg, inputs: host, side: side.clone() };
+    let loss = side.result(logits.apply_op1(op))?;
+    let dev = logits.device();
+    let per_token = side.with(|fwd| -> Result<_> {
+        let fwd = fwd.ok_or_else(|| Error::Candle("the GRPO forward left no per-token outputs".into()))?;
+        let f32s = |v: &mut Vec<f32>| Tensor::from_vec(std::mem::take(v), lead.as_slice(), dev);
+        Ok(GrpoLossOutput {
+            loss: loss.clone(),
+            token_loss: f32s(&mut fwd.token_loss)?,
+            logp: f32s(&mut fwd.logp)?,
+            // The backward needs `saved.entropy`: copy it, do not move it.
+            entropy: Tensor::from_slice(&fwd.saved.entropy, lead.as_slice(), dev)?,
+            ratio: f32s(&mut fwd.ratio)?,
+            clip_flags: Tensor::from_vec(std::mem::take(&mut fwd.clip_flags), lead.as_slice(), dev)?,
+            kl: fwd.kl.as_mut().map(f32s).transpose()?,
+            branch: fwd.branch.take().map(|b| Tensor::from_vec(b, lead.as_slice(), dev)).transpose()?,
+        })
+    })?;
+    Ok(per_token)
+}
+
+/// The forward op: `[B, T, V]` logits → the scalar loss; per-token outputs and the backward's
+/// saved scalars in `side`.
+struct GrpoOp {
+    cfg: GrpoConfig,
+    inputs: HostGrpoInputs,
+    side: Arc<Side<GrpoForward>>,
+}
+
+impl GrpoOp {
+    fn cpu<E: Element>(&self, z: &[E]) -> Result<GrpoForward> {
+        cpu::grpo_forward(z, self.inputs.vocab, &self.inputs.as_inputs(), &self.cfg)
+    }
+}
+
+impl CustomOp1 for GrpoOp {
+    fn name(&self) -> &'static str {
+        "rlvr-grpo-loss"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = offsets(l, self.name())?;
+        let fwd = match s {
+            CpuStorage::BF16(v) => self.cpu(&v[start..end]),
+            CpuStorage::F16(v) => self.cpu(&v[start..end]),
+            CpuStorage::F32(v) => self.cpu(&v[start..end]),
+            other => Err(unsupported(candle_core::backend::BackendStorage::dtype(other))),
+        }
+        .map_err(|e| self.side.fail(e))?;
+        let loss = fwd.loss;
+        self.side.put(fwd);
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _s: &candle_core::CudaStorage,
+        _l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        Err(self.side.fail(Error::Cuda {
+            op: "ops::grpo_loss",
+            msg: "the CUDA GRPO kernels are not built yet; use ops::naive::grpo_loss (same signature) on CUDA".into(),
+        }))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let grad_loss = grad_res.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        let dz = arg.detach().apply_op1_no_bwd(&GrpoBackward { op: self, grad_loss })?;
+        Ok(Some(dz))
+    }
+}
+
+/// The backward pass as a candle op over the logits: `grad_loss`·∂loss/∂z in the logits' dtype.
+struct GrpoBackward<'a> {
+    op: &'a GrpoOp,
+    grad_loss: f32,
+}
+
+impl GrpoBackward<'_> {
+    fn cpu<E: Element>(&self, z: &[E]) -> candle_core::Result<Vec<E>> {
+        let (op, inputs) = (self.op, &self.op.inputs);
+        op.side
+            .with(|fwd| match fwd {
+                Some(f) => {
+                    cpu::grpo_backward(z, inputs.vocab, &inputs.targets, &f.saved, op.cfg.temperature, self.grad_loss)
+                }
+                None => Err(Error::Candle("the GRPO backward ran without its forward's saved values".into())),
+            })
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    }
+}
+
+impl CustomOp1 for GrpoBackward<'_> {
+    fn name(&self) -> &'static str {
+        "rlvr-grpo-loss-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = offsets(l, self.name())?;
+        let out = match s {
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end])?),
+            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end])?),
+            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end])?),
+            other => {
+                let e = unsupported(candle_core::backend::BackendStorage::dtype(other));
+                return Err(candle_core::Error::Msg(e.to_string()));
+            }
+        };
+        Ok((out, l.shape().clone()))
+    }
 }

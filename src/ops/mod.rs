@@ -9,6 +9,8 @@
 mod check;
 pub mod grpo;
 pub mod naive;
+mod side;
+mod stats_backward;
 pub mod token_stats;
 
 pub use grpo::{grpo_loss, GrpoLossInputs, GrpoLossOutput};

@@ -31,7 +31,7 @@ const K3_CAP: f32 = 10.0;
 
 /// Token statistics from log_softmax, exp, mul, sum and gather; branch by a host sort.
 ///
-/// Same inputs, outputs and errors as [`super::token_stats`]; lse, entropy and logp carry
+/// Same inputs, outputs and errors as [`super::token_stats()`]; lse, entropy and logp carry
 /// candle-autograd gradients w.r.t. `logits`.
 pub fn token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &TokenStatsConfig) -> Result<TokenStatsOutput> {
     let shape = check::token_stats(logits, targets, cfg)?;

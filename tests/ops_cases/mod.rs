@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rlvr_kernels::ops::GrpoLossInputs;
 use rlvr_kernels::{cpu, reference};
-use rlvr_kernels::{AdvantageConfig, Aggregation, GrpoConfig, GrpoInputs, KlEstimator, KlPenalty};
+use rlvr_kernels::{AdvantageConfig, Aggregation, GrpoConfig, GrpoInputs, KlEstimator, KlPenalty, TokenStatsConfig};
 use rlvr_kernels::{PositionShaping, PplShaping, Shaping};
 
 /// Number of configuration combinations in the matrix.
@@ -144,6 +144,7 @@ pub fn config_of(index: usize, t: usize, mask_total: f64) -> (GrpoConfig, Shapin
         dual_clip: (digit(2) == 1).then_some(3.0),
         entropy_coef: if digit(2) == 1 { 0.05 } else { 0.0 },
         temperature: if digit(2) == 1 { 0.7 } else { 1.0 },
+        aggregation,
         ..Default::default()
     };
     let dtype = if digit(2) == 1 { DType::BF16 } else { DType::F32 };
@@ -259,4 +260,68 @@ pub fn row_scale(c: &GrpoCase, want: &reference::GrpoReference, r: usize) -> f64
     let g_pol = want.tokens[r].dtotal_dlogp - g_kl;
     let h = c.cfg.entropy_coef as f64;
     a * (g_pol.abs() + s_kl + h * (1.0 + (c.v as f64).ln())) / c.cfg.temperature as f64
+}
+
+/// Number of configuration combinations of [`stats_case`].
+pub const STATS_MATRIX: usize = 3 * 2 * 2 * 2 * 2;
+
+/// One token-statistics problem: logits of shape `lead ++ [v]` rounded to `dtype`, optional
+/// targets, and the weights w_lse, w_H, w_logp of the random linear combination whose gradient
+/// is compared.
+#[derive(Debug, Clone)]
+pub struct StatsCase {
+    pub lead: Vec<usize>,
+    pub v: usize,
+    pub logits: Vec<f32>,
+    pub targets: Option<Vec<u32>>,
+    pub cfg: TokenStatsConfig,
+    pub dtype: DType,
+    pub weights: [Vec<f32>; 3],
+}
+
+impl StatsCase {
+    /// N.
+    pub fn rows(&self) -> usize {
+        self.lead.iter().product()
+    }
+
+    /// The logits as a `Var` of shape `lead ++ [v]`, the targets and the three weight tensors.
+    pub fn tensors(&self, dev: &Device) -> (Var, Option<Tensor>, [Tensor; 3]) {
+        let mut dims = self.lead.clone();
+        dims.push(self.v);
+        let z = Tensor::from_vec(self.logits.clone(), dims, dev).unwrap().to_dtype(self.dtype).unwrap();
+        let lead = self.lead.as_slice();
+        let targets = self.targets.as_ref().map(|t| Tensor::from_vec(t.clone(), lead, dev).unwrap());
+        let w = |i: usize| Tensor::from_vec(self.weights[i].clone(), lead, dev).unwrap();
+        (Var::from_tensor(&z).unwrap(), targets, [w(0), w(1), w(2)])
+    }
+}
+
+/// Case `index` of the token-statistics matrix (f32/bf16/f16 × targets or not × `[N, V]` or
+/// `[B, T, V]` × temperature 1 or 0.7 × top-p or not) with values from `seed`.
+pub fn stats_case(index: usize, seed: u64) -> StatsCase {
+    let mut i = index % STATS_MATRIX;
+    let mut digit = |radix: usize| {
+        let d = i % radix;
+        i /= radix;
+        d
+    };
+    let dtype = [DType::F32, DType::BF16, DType::F16][digit(3)];
+    let with_targets = digit(2) == 1;
+    let rank3 = digit(2) == 1;
+    let temperature = if digit(2) == 1 { 0.7 } else { 1.0 };
+    let top_p = (digit(2) == 1).then_some(0.9);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let lead = if rank3 {
+        vec![rng.random_range(1..=4usize), rng.random_range(1..=6usize)]
+    } else {
+        vec![rng.random_range(1..=24usize)]
+    };
+    let n: usize = lead.iter().product();
+    let v = rng.random_range(1..=64usize);
+    let (logits, targets) = logits_and_targets(&mut rng, n, v, dtype);
+    let mut weight = || (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
+    let weights = [weight(), weight(), weight()];
+    let cfg = TokenStatsConfig { temperature, top_p, check_finite: true };
+    StatsCase { lead, v, logits, targets: with_targets.then_some(targets), cfg, dtype, weights }
 }
