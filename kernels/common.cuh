@@ -51,6 +51,7 @@ template <> struct Elem<float> {
     __device__ static uint32_t key_of_bits(uint32_t b) { return key32(__uint_as_float(b)); }
     __device__ static float value_of_key(uint32_t k) { return from_key32(k); }
     __device__ static uint32_t scalar_bits(const float* p) { return __float_as_uint(__ldg(p)); }
+    __device__ static uint32_t bits_of_value(float v) { return __float_as_uint(v); }
 };
 
 template <> struct Elem<__nv_bfloat16> {
@@ -64,6 +65,8 @@ template <> struct Elem<__nv_bfloat16> {
     __device__ static uint32_t scalar_bits(const __nv_bfloat16* p) {
         return __ldg(reinterpret_cast<const unsigned short*>(p));
     }
+    // Round to nearest even (the write of a gradient in the logits' dtype).
+    __device__ static uint32_t bits_of_value(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
 };
 
 template <> struct Elem<__half> {
@@ -74,6 +77,7 @@ template <> struct Elem<__half> {
     __device__ static uint32_t key_of_bits(uint32_t b) { return key16(b); }
     __device__ static float value_of_key(uint32_t k) { return value_of_bits(bits_from_key16(k)); }
     __device__ static uint32_t scalar_bits(const __half* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+    __device__ static uint32_t bits_of_value(float v) { return __half_as_ushort(__float2half_rn(v)); }
 };
 
 // Raw bits of element i of a 16-byte vector.
@@ -84,6 +88,16 @@ template <> __device__ __forceinline__ uint32_t vec_bits<float>(const uint4& r, 
 template <typename E> __device__ __forceinline__ uint32_t vec_bits(const uint4& r, int i) {
     uint32_t w = (i >> 1) == 0 ? r.x : (i >> 1) == 1 ? r.y : (i >> 1) == 2 ? r.z : r.w;
     return (i & 1) ? (w >> 16) : (w & 0xffffu);
+}
+
+// Element i of a 16-byte vector set to raw bits `b` (the write-side twin of vec_bits).
+template <typename E> __device__ __forceinline__ void vec_set(uint4& r, int i, uint32_t b) {
+    if (Elem<E>::KEY_BITS == 32) {
+        (i == 0 ? r.x : i == 1 ? r.y : i == 2 ? r.z : r.w) = b;
+        return;
+    }
+    uint32_t& w = (i >> 1) == 0 ? r.x : (i >> 1) == 1 ? r.y : (i >> 1) == 2 ? r.z : r.w;
+    w = (i & 1) ? ((w & 0xffffu) | (b << 16)) : ((w & 0xffff0000u) | (b & 0xffffu));
 }
 
 // A vector of -inf with element 0 set to `b`: how the < VEC unaligned head/tail elements of a row
@@ -208,22 +222,63 @@ __device__ __forceinline__ Softmax block_merge(Softmax v, float c, float inv_t, 
     return v;
 }
 
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Block-wide reduction by `op` (commutative; blockDim a multiple of 32, at most 1024): xor
+// butterfly in each warp, then warp 0 over the warps in index order; every thread gets the result.
+// `scratch` holds 32 values; ends with a barrier, so it may be reused afterwards. `identity` pads
+// the missing warps. Deterministic for any `op` (the combination order is fixed by thread index).
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T v, T identity, T* scratch, Op op) {
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(FULL_MASK, v, o));
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     if (warp == 0) {
-        float u = lane < nw ? scratch[lane] : 0.f;
+        T u = lane < nw ? scratch[lane] : identity;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) u += __shfl_xor_sync(FULL_MASK, u, o);
+        for (int o = 16; o > 0; o >>= 1) u = op(u, __shfl_xor_sync(FULL_MASK, u, o));
         if (lane == 0) scratch[0] = u;
     }
     __syncthreads();
     v = scratch[0];
     __syncthreads();
     return v;
+}
+
+// Sum (float, double, integers) and minimum (integers) over the block, see `block_reduce`.
+template <typename T> __device__ __forceinline__ T block_sum(T v, T* scratch) {
+    return block_reduce(v, T(0), scratch, [](T a, T b) { return a + b; });
+}
+template <typename T> __device__ __forceinline__ T block_min(T v, T* scratch) {
+    return block_reduce(v, ~T(0), scratch, [](T a, T b) { return a < b ? a : b; });
+}
+
+// Exclusive prefix count of `flag` over the block in thread order (ballot + popc in each warp,
+// warp 0 scans the warp counts), and the block's total in `total`. `scan` holds 33 words; ends
+// with a barrier. Integer counts: exact and deterministic.
+__device__ __forceinline__ uint32_t block_exclusive_count(bool flag, uint32_t* scan, uint32_t& total) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const uint32_t ballot = __ballot_sync(FULL_MASK, flag);
+    const uint32_t in_warp = __popc(ballot & ((1u << lane) - 1u));
+    if (lane == 0) scan[warp] = __popc(ballot);
+    __syncthreads();
+    if (warp == 0) {
+        const uint32_t c = lane < nw ? scan[lane] : 0u;
+        uint32_t incl = c;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const uint32_t t = __shfl_up_sync(FULL_MASK, incl, o);
+            if (lane >= (uint32_t)o) incl += t;
+        }
+        __syncwarp();
+        scan[lane] = incl - c;
+        if (lane == 31) scan[32] = incl;
+    }
+    __syncthreads();
+    const uint32_t before = scan[warp] + in_warp;
+    total = scan[32];
+    __syncthreads();
+    return before;
 }
 
 __device__ __forceinline__ uint32_t block_or(uint32_t v, uint32_t* scratch) {
@@ -240,6 +295,67 @@ __device__ __forceinline__ uint32_t block_or(uint32_t v, uint32_t* scratch) {
     v = scratch[0];
     __syncthreads();
     return v;
+}
+
+// ---- Input checks on the device -------------------------------------------------------------
+
+// Status words of the value checks (u64 each, zeroed before the launch, null = no checks): a bad
+// value at index i records max(~i), so the word ends as ~(first bad index) whatever the order in
+// which threads find them (integer max: deterministic), and 0 means "none". The host reads the
+// words once and turns the first set one into the error the CPU path returns.
+enum StatusWord : int {
+    STATUS_MASK = 0,         // mask value other than 0 or 1 (token index)
+    STATUS_OLD_LOGP = 1,     // NaN/inf old_logp (token index)
+    STATUS_REWARDS = 2,      // NaN/inf reward (sequence index)
+    STATUS_TARGET = 3,       // target >= V (token index)
+    STATUS_ADVANTAGES = 4,   // NaN/inf advantage (token index)
+    STATUS_REF_LOGP = 5,     // NaN/inf ref_logp (token index)
+    STATUS_ROW_NON_FINITE = 6,  // NaN/+inf logit (row index)
+    STATUS_ROW_ALL_NEG_INF = 7, // every logit -inf (row index)
+    STATUS_WORDS = 8
+};
+
+__device__ __forceinline__ void report(unsigned long long* status, int word, uint64_t index) {
+    if (status != nullptr) atomicMax(status + word, ~(unsigned long long)index);
+}
+
+// Finite (not NaN, not +-inf) without relying on isfinite's fast-math behaviour.
+__device__ __forceinline__ bool finite(float v) { return fabsf(v) < POS_INF; }
+
+// ---- Aggregation weights ----------------------------------------------------------------------
+
+// How per-token losses become the scalar loss (DESIGN.md §4); mirrors config::Aggregation.
+enum AggMode : int {
+    AGG_TOKEN_MEAN = 0,           // 1 / (tokens of the batch)
+    AGG_TOKEN_MEAN_GLOBAL = 1,    // 1 / param (caller-given global token count)
+    AGG_SEQ_MEAN_TOKEN_MEAN = 2,  // 1 / (|o_i| · valid sequences)
+    AGG_SEQ_MEAN_TOKEN_SUM = 3,   // 1 / valid sequences
+    AGG_SEQ_MEAN_TOKEN_SUM_NORM = 4  // 1 / param (constant C)
+};
+
+struct AggParams {
+    int mode;
+    int pad;
+    double param;
+};
+
+// Counts of the batch, from seq_counts (sequence.cu): counted tokens and sequences with any.
+struct BatchTotals {
+    unsigned long long tokens;
+    unsigned long long valid;
+};
+
+// a_t of a counted token of a sequence with `len` counted tokens, in f64 rounded once: the same
+// expression as cpu::aggregation_weights on exact integer counts, so the same bits.
+__device__ __forceinline__ float agg_weight(const AggParams& a, uint32_t len, const BatchTotals& t) {
+    double w;
+    switch (a.mode) {
+        case AGG_TOKEN_MEAN: w = 1.0 / (double)t.tokens; break;
+        case AGG_SEQ_MEAN_TOKEN_MEAN: w = 1.0 / ((double)len * (double)t.valid); break;
+        case AGG_SEQ_MEAN_TOKEN_SUM: w = 1.0 / (double)t.valid; break;
+        default: w = 1.0 / a.param; break;  // AGG_TOKEN_MEAN_GLOBAL, AGG_SEQ_MEAN_TOKEN_SUM_NORM
+    }
+    return (float)w;
 }
 
 }  // namespace rlvr
