@@ -94,7 +94,10 @@ __device__ TokenLoss token_loss(float logp, float old_logp, float ref_logp, floa
         kl_term(logp, ref_logp, p.kl_estimator, kl, dkl);
         beta = p.kl_coef;
     }
-    return TokenLoss{ratio, kl, policy + beta * kl - p.entropy_coef * entropy, dpolicy + beta * dkl,
+    // Explicit roundings (no FMA contraction): the CPU's expression, and the same bits in every
+    // kernel that inlines this function.
+    const float total = __fsub_rn(__fadd_rn(policy, __fmul_rn(beta, kl)), __fmul_rn(p.entropy_coef, entropy));
+    return TokenLoss{ratio, kl, total, __fadd_rn(dpolicy, __fmul_rn(beta, dkl)),
                      (clipped ? CLIPPED : 0u) | (dual ? DUAL_CLIPPED : 0u)};
 }
 
@@ -164,15 +167,16 @@ __device__ BackCoef token_outputs(uint64_t row, const RowStats& r, const RowSpli
 }
 
 __device__ __forceinline__ float ln_p(const BackCoef& k, float z) {
-    const float lp = fmaf(z, k.inv_t, -k.lse);
+    const float lp = __fmaf_rn(z, k.inv_t, -k.lse);
     return lp > LN_P_FLOOR ? lp : LN_P_FLOOR;  // a select: NaN and -inf give p = 0, a finite product
 }
 
 // dz of one element (the target gets the exact form of δ - p: -expm1(ln p_y), no cancellation).
+// Explicit roundings: the fused and the separate backward give the same bits.
 __device__ __forceinline__ float dz_of(const BackCoef& k, float z, bool target) {
-    const float lp = ln_p(k, z), p = ex2(lp * LOG2E);
-    if (target) return -k.cg * expm1f(lp) + k.beta * p * (lp + k.entropy);
-    return p * fmaf(k.beta, lp + k.entropy, -k.cg);
+    const float lp = ln_p(k, z), p = ex2(__fmul_rn(lp, LOG2E)), h = __fadd_rn(lp, k.entropy);
+    if (target) return __fadd_rn(__fmul_rn(-k.cg, expm1f(lp)), __fmul_rn(__fmul_rn(k.beta, p), h));
+    return __fmul_rn(p, __fmaf_rn(k.beta, h, -k.cg));
 }
 
 // Element j of row `src` -> dst (scalar path: head/tail elements and rows whose source and
@@ -250,8 +254,12 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
     if constexpr (TOPP) h = init_hist(dyn);
     const BatchTotals tot = *totals;
     const float grad = BWD ? grad_value * (grad_ptr != nullptr ? *grad_ptr : 1.f) : 0.f;
+    // In place (fused only): the rows are read from dlogits before they are overwritten. Their
+    // first pass uses the read-only cache, which is sound here because no thread reads an
+    // element after any thread has written it (each row is read fully, then written once).
+    const E* src = logits != nullptr ? logits : dlogits;
     for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
-        const RowSplit<E> rs(logits, row, vocab);
+        const RowSplit<E> rs(src, row, vocab);
         const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
             if (threadIdx.x == 0) coef = token_outputs<E>(row, r, rs, vocab, io, agg, tot, lp, pp.inv_t, grad);
         });
@@ -300,9 +308,10 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
                              const float* lse, const float* entropy, const float* grad_logp,                         \
                              const float* grad_entropy, float inv_t, float grad_value, const float* grad_ptr) {      \
         const float grad = grad_value * (grad_ptr != nullptr ? *grad_ptr : 1.f);                                     \
+        const E* src = logits != nullptr ? logits : dlogits; /* null: in place */                                     \
         for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {                                             \
             const BackCoef k = back_coef(lse[row], entropy[row], grad_logp[row], grad_entropy[row], inv_t, grad);    \
-            backward_row(RowSplit<E>(logits, row, vocab), dlogits + row * (uint64_t)vocab, targets[row], k, false);  \
+            backward_row(RowSplit<E>(src, row, vocab), dlogits + row * (uint64_t)vocab, targets[row], k, false);     \
         }                                                                                                             \
     }
 

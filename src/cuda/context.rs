@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 const TOKEN_STATS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_stats.ptx"));
 /// PTX of `kernels/plain_read.cu`.
 const PLAIN_READ_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/plain_read.ptx"));
+/// PTX of `kernels/grpo.cu`.
+const GRPO_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/grpo.ptx"));
+/// PTX of `kernels/sequence.cu`.
+const SEQUENCE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sequence.ptx"));
 
 /// Threads per CTA of every row kernel (one CTA per row; the kernels assume it).
 pub(crate) const BLOCK: u32 = 1024;
@@ -24,6 +28,8 @@ pub(crate) const BLOCK: u32 = 1024;
 pub(crate) enum Module {
     TokenStats,
     PlainRead,
+    Grpo,
+    Sequence,
 }
 
 impl Module {
@@ -31,6 +37,8 @@ impl Module {
         match self {
             Module::TokenStats => TOKEN_STATS_PTX,
             Module::PlainRead => PLAIN_READ_PTX,
+            Module::Grpo => GRPO_PTX,
+            Module::Sequence => SEQUENCE_PTX,
         }
     }
 }

@@ -11,6 +11,10 @@
 //!
 //! - [`token_stats`] / [`token_stats_into`] / [`token_stats_host`]: lse, entropy, target
 //!   log-prob and the exact top-p branch count from one read of each row.
+//! - [`grpo_forward`] / [`grpo_backward`] / [`grpo_forward_backward`] (and `_into`, `_in_place`,
+//!   `_host` variants): the fused shaped-GRPO loss, forward and backward to dlogits.
+//! - [`log_ppl`], [`ppl_weight`], [`grpo_advantages`], [`shape_advantages`],
+//!   [`token_advantages`], [`aggregation_weights`] (and `_host` variants): the O(N) sequence side.
 //! - [`plain_read_into`]: the bandwidth reference (a plain read of the same rows).
 //! - [`median_ms`], [`bench_token_stats`]: GPU timing with CUDA events.
 
@@ -19,10 +23,23 @@ pub use candle_core::cuda_backend::cudarc;
 pub use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView};
 
 mod context;
+mod grpo;
+mod grpo_types;
+mod sequence;
 mod timing;
 mod token_stats;
 
 pub use context::{default_stream, open_stream};
+pub use grpo::{
+    grpo_backward, grpo_backward_host, grpo_backward_in_place, grpo_backward_into, grpo_forward, grpo_forward_backward,
+    grpo_forward_backward_in_place, grpo_forward_backward_into, grpo_forward_host, grpo_forward_into, CudaGrpoForward,
+    CudaGrpoInputs, CudaGrpoSaved, GradLoss,
+};
+pub use sequence::{
+    aggregation_weights, aggregation_weights_host, grpo_advantages, grpo_advantages_host, log_ppl, log_ppl_host,
+    ppl_weight, ppl_weight_host, shape_advantages, shape_advantages_host, token_advantages, token_advantages_host,
+    Check, MAX_GROUP,
+};
 pub use timing::{bench_token_stats, median_ms, TokenStatsTimes};
 pub use token_stats::{
     check_rows, plain_read_into, token_stats, token_stats_host, token_stats_into, TokenStatsBuffers, MAX_TOP_P_VOCAB,

@@ -25,11 +25,19 @@ pub const MAX_TOP_P_VOCAB: usize = 1 << 22;
 
 /// Dynamic shared memory of the top-p kernels: `sizeof(Hist)` in token_stats.cu (2048 × u64
 /// mass + 2048 × u32 count + 32768 × u32 fine counters / key list). The kernel traps if given less.
-const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4;
+pub(crate) const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4;
 
 /// How far below ln((1 − p)/V) a token must be to be skipped by the top-p histogram: margin
 /// for f32 rounding of the running max and the threshold (the rule itself is exact).
 const PRUNE_MARGIN: f64 = 0.05;
+
+/// The top-p pass settings of a row kernel (`rows::PassParams` in `kernels/row_stats.cuh`):
+/// `prune_z` = (ln((1 − p)/V) − margin)·T, the pruning threshold below the running max, and `frac`
+/// = 62 − bits(V), the fixed-point bits of the mass histogram (V·2^frac < 2^63).
+pub(crate) fn top_p_pass(top_p: f32, vocab: usize, temperature: f32) -> (f32, i32) {
+    let prune_z = (((1.0 - top_p as f64).ln() - (vocab as f64).ln() - PRUNE_MARGIN) * temperature as f64) as f32;
+    (prune_z, 62 - (usize::BITS - vocab.leading_zeros()) as i32)
+}
 
 /// Device outputs of the token statistics, one entry per row.
 #[derive(Debug)]
@@ -177,9 +185,7 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
             let name = dtype_name(["token_stats_topp_f32", "token_stats_topp_bf16", "token_stats_topp_f16"], E::DTYPE);
             let k = Kernel { module: Module::TokenStats, name, shared_bytes: TOP_P_SHARED_BYTES };
             let (func, lc) = launch_for(stream, k, n_rows)?;
-            let prune_z =
-                (((1.0 - p as f64).ln() - (vocab as f64).ln() - PRUNE_MARGIN) * cfg.temperature as f64) as f32;
-            let frac: i32 = 62 - (usize::BITS - vocab.leading_zeros()) as i32;
+            let (prune_z, frac) = top_p_pass(p, vocab, cfg.temperature);
             let branch = out.branch.as_mut().expect("checked: branch buffer present with top_p");
             let mut b = stream.launch_builder(&func);
             b.arg(logits).arg(&n_rows).arg(&v32);
