@@ -11,9 +11,15 @@
 //! warm-ups. The naive composition includes host work, so it is timed by the wall clock around a
 //! synchronised call, `RLVR_BENCH_NAIVE_RUNS` (1) times after one warm-up without top-p.
 //!
+//! Then the GRPO loss (benches/grpo/mod.rs): fused forward, forward + backward, the fused
+//! forward+backward kernel, against the plain read and the candle composition with autograd,
+//! with the peak device memory of each path; its table is printed last.
+//!
 //! Shape override: `RLVR_BENCH_ROWS`, `RLVR_BENCH_VOCAB`. Without a CUDA device it prints
 //! "skipping: ..." and exits 0. The table (printed last) gives ms, bytes of logits per second,
 //! speed as a fraction of the plain read, and the speed-up over the candle composition.
+
+mod grpo;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,7 +80,11 @@ fn main() -> BenchResult<()> {
         bench_dtype::<half::bf16>(&s, DType::BF16, "bf16", data, sigma, with_naive, &mut lines)?;
         bench_dtype::<f32>(&s, DType::F32, "f32", data, sigma, with_naive, &mut lines)?;
     }
+    let (mut grpo_lines, mut peaks) = (Vec::new(), Vec::new());
+    grpo::bench_grpo::<half::bf16>(&s, DType::BF16, "bf16", 4.0, &mut grpo_lines, &mut peaks)?;
+    grpo::bench_grpo::<f32>(&s, DType::F32, "f32", 4.0, &mut grpo_lines, &mut peaks)?;
     print_table(&s, &lines);
+    grpo::print_grpo(&s, &grpo_lines, &peaks);
     Ok(())
 }
 
