@@ -334,3 +334,36 @@ fn non_contiguous_inputs_give_the_contiguous_results() {
     assert_eq!(host_f32(&got.entropy), host_f32(&base.entropy));
     assert_eq!(host_f32(&got.lse), host_f32(&base.lse));
 }
+
+/// No rows at all (`[0, V]` statistics, a `[0, T, V]` batch): empty outputs, loss 0, and an
+/// empty gradient or none (candle skips the graph of some ops on empty tensors), from both
+/// implementations.
+#[test]
+fn zero_rows_give_empty_outputs() {
+    let dev = Device::Cpu;
+    let z = candle_core::Var::zeros((0, 5), DType::F32, &dev).unwrap();
+    let y = Tensor::zeros(0, DType::U32, &dev).unwrap();
+    let cfg = rlvr_kernels::TokenStatsConfig::default();
+    for out in [ops::token_stats(z.as_tensor(), Some(&y), &cfg), ops::naive::token_stats(z.as_tensor(), Some(&y), &cfg)]
+    {
+        let out = out.unwrap();
+        assert_eq!(out.lse.dims(), &[0]);
+        assert_eq!(out.branch.unwrap().dims(), &[0]);
+        assert!(no_or_empty_grad(&out.entropy.sum_all().unwrap(), z.as_tensor()));
+    }
+    let z = candle_core::Var::zeros((0, 3, 5), DType::BF16, &dev).unwrap();
+    let per = Tensor::zeros((0, 3), DType::F32, &dev).unwrap();
+    let y = Tensor::zeros((0, 3), DType::U32, &dev).unwrap();
+    let inputs = ops::GrpoLossInputs { targets: &y, mask: &per, old_logp: &per, ref_logp: None, advantages: &per };
+    let cfg = GrpoConfig::default();
+    for out in [ops::grpo_loss(z.as_tensor(), &inputs, &cfg), ops::naive::grpo_loss(z.as_tensor(), &inputs, &cfg)] {
+        let out = out.unwrap();
+        assert_eq!(out.loss.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(out.token_loss.dims(), &[0, 3]);
+        assert!(no_or_empty_grad(&out.loss, z.as_tensor()));
+    }
+}
+
+fn no_or_empty_grad(loss: &Tensor, z: &Tensor) -> bool {
+    loss.backward().unwrap().get(z).is_none_or(|g| g.elem_count() == 0)
+}

@@ -94,7 +94,8 @@ pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> 
 /// lse (the leading shape) and log p (`[.., V]`) of x along the last dimension. The row max is
 /// detached: lse = m + ln Σ e^{x−m} has the same gradient p for any constant m.
 fn log_softmax(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
+    // candle refuses max over an empty tensor (no rows); any m will do there.
+    let m = if x.elem_count() == 0 { x.sum_keepdim(D::Minus1)? } else { x.max_keepdim(D::Minus1)? }.detach();
     let s = x.broadcast_sub(&m)?.exp()?.sum_keepdim(D::Minus1)?;
     let lse = (s.log()? + m)?;
     let log_p = x.broadcast_sub(&lse)?;
