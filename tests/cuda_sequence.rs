@@ -41,6 +41,16 @@ fn gpu_or_skip(test: &str) -> Option<Arc<CudaStream>> {
     }
 }
 
+/// The stream, or `None` after saying once that the property tests skip.
+fn gpu_for_property() -> Option<Arc<CudaStream>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let s = gpu().ok();
+    if s.is_none() {
+        SAID.call_once(|| drop(gpu_or_skip("the property tests")));
+    }
+    s
+}
+
 /// A random `[B, T]` batch with B = groups·G (see the file comment).
 #[derive(Debug, Clone)]
 struct Batch {
@@ -165,7 +175,7 @@ proptest! {
     /// Same `None`s (NaN on the device); values within ε·max(|ref|, mean|ℓ|) as on the CPU.
     #[test]
     fn log_ppl_matches_reference(b in batch()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let got = cuda::log_ppl_host(&s, &b.logp, &b.mask, b.seq_len).unwrap();
         let want = reference::log_ppl(&b.logp, &b.mask, b.seq_len).unwrap();
         prop_assert_eq!(got.len(), want.len());
@@ -185,7 +195,7 @@ proptest! {
     /// once; the quartiles and the fence are the reference's exactly).
     #[test]
     fn ppl_weight_matches_reference(b in batch()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let lp = reference::log_ppl(&b.logp, &b.mask, b.seq_len).unwrap();
         let lp32: Vec<Option<f32>> = lp.iter().map(|v| v.map(|v| v as f32)).collect();
         let lp64: Vec<Option<f64>> = lp32.iter().map(|v| v.map(f64::from)).collect();
@@ -199,7 +209,7 @@ proptest! {
     /// Both std modes: f64 group statistics rounded once (ε·|A|); G = 1 gives A = 0.
     #[test]
     fn grpo_advantages_match_reference(b in batch(), scale_by_std in any::<bool>()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let cfg = AdvantageConfig { group_size: b.group, scale_by_std };
         let got = cuda::grpo_advantages_host(&s, &b.rewards, &cfg).unwrap();
         let want = reference::grpo_advantages(&b.rewards, &cfg).unwrap();
@@ -214,7 +224,7 @@ proptest! {
     /// Every shaping combination on its own; see [`shape_tol`].
     #[test]
     fn shape_advantages_match_reference(b in batch(), shaping in shaping()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let w = shaping.ppl.map(|_| b.weights.as_slice());
         let got = cuda::shape_advantages_host(&s, &b.adv, &b.mask, b.seq_len, w, &shaping).unwrap();
         let (adv, w64) = (widen(&b.adv), widen(&b.weights));
@@ -226,7 +236,7 @@ proptest! {
     /// The fused pipeline against the reference pipeline; see [`shape_tol`].
     #[test]
     fn token_advantages_match_reference(b in batch(), shaping in shaping(), scale_by_std in any::<bool>()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let cfg = AdvantageConfig { group_size: b.group, scale_by_std };
         let (r, l, m, t) = (&b.rewards, &b.logp, &b.mask, b.seq_len);
         let got = cuda::token_advantages_host(&s, r, l, m, t, &cfg, &shaping).unwrap();
@@ -240,7 +250,7 @@ proptest! {
     /// from the reference; all zeros for an empty batch.
     #[test]
     fn aggregation_weights_match_cpu_and_reference(b in batch(), agg in aggregation()) {
-        let Ok(s) = gpu() else { return Ok(()) };
+        let Some(s) = gpu_for_property() else { return Ok(()) };
         let got = cuda::aggregation_weights_host(&s, &b.mask, b.seq_len, &agg).unwrap();
         let cpu = cpu::aggregation_weights(&b.mask, b.seq_len, &agg).unwrap();
         prop_assert!(got.iter().map(|x| x.to_bits()).eq(cpu.iter().map(|x| x.to_bits())), "not the CPU's bits");

@@ -80,7 +80,7 @@ pub(crate) struct Scratch {
 }
 
 /// Output of the fused GRPO forward on the device (see [`GrpoForward`]); reusable by
-/// [`grpo_forward_into`].
+/// [`super::grpo_forward_into`].
 #[derive(Debug)]
 pub struct CudaGrpoForward {
     /// The aggregated scalar loss (one element).
