@@ -2,10 +2,12 @@
 # Runs on the GPU host (CUDA 13.0 driver, compute-sanitizer; no Rust) from the .gpu/ folder made
 # by scripts/build-gpu-bundle.sh:  bash .gpu/gpu-check.sh
 #
-# 1. every cuda_* test binary (property tests vs the f64 reference, N > 65535, N·V > 2^32,
-#    bad rows, 10 bit-identical runs);
-# 2. compute-sanitizer memcheck and racecheck on the small case `sanitizer_small_case`;
-# 3. the bench (plain read, fused stats with/without top-p, candle composition);
+# 1. every cuda_* test binary (token stats, GRPO loss forward/backward/fused, sequence kernels:
+#    property tests vs the f64 reference, N > 65535, N·V > 2^32, bad input, 10 bit-identical runs);
+# 2. the bench (plain read, fused stats with/without top-p, the GRPO loss fwd / fwd+bwd / fused
+#    fwd+bwd, candle compositions, peak device memory);
+# 3. compute-sanitizer memcheck on the small case `sanitizer_small_case` of every binary, then
+#    racecheck on each (memcheck first: it is the cheaper of the two);
 # then a short table, last. Logs go to $OUT (the device tool's folder) or /tmp/rlvr-gpu/out.
 # Budget: RLVR_GPU_BUDGET_S (540 s) in all, so one device call of 600 s runs it and still prints the
 # table. Exit status: non-zero if any step failed, was skipped, or did not run.
@@ -19,9 +21,19 @@ rm -f "$out"/*.log
 export PROPTEST_CASES=${PROPTEST_CASES:-1000}
 sanitizer=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 
-for f in "$here"/*.gz; do
-    gunzip -c "$f" >"$work/$(basename "$f" .gz)"
-    chmod +x "$work/$(basename "$f" .gz)"
+unpack() { # file: .gz or .xz (xz, or Python's lzma where xz is not installed)
+    local f=$1 base=${1##*/}
+    base=${base%.*}
+    case $f in
+        *.gz) gunzip -c "$f" >"$work/$base" ;;
+        *.xz) if command -v xz >/dev/null; then xz -dc "$f" >"$work/$base"; else
+            python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' \
+                "$f" >"$work/$base"; fi ;;
+    esac
+    chmod +x "$work/$base"
+}
+for f in "$here"/*.gz "$here"/*.xz; do
+    [[ -e $f ]] && unpack "$f"
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader | tee "$out/device.txt"
 
@@ -68,11 +80,11 @@ for b in "$work"/bench_*; do
     no_skip "$out/$(basename "$b").log"
 done
 
-for t in "$work"/cuda_*; do
-    [[ -x $t ]] || continue
-    name=$(basename "$t")
-    for tool in memcheck racecheck; do
-        step "$tool sanitizer_small_case" "$name.$tool.log" 120 "$sanitizer" --tool "$tool" \
+for tool in memcheck racecheck; do
+    for t in "$work"/cuda_*; do
+        [[ -x $t ]] || continue
+        name=$(basename "$t")
+        step "$tool $name" "$name.$tool.log" 90 "$sanitizer" --tool "$tool" \
             --error-exitcode 9 "$t" sanitizer_small_case --test-threads 1
         summary+=("    $(grep -h 'ERROR SUMMARY' "$out/$name.$tool.log" 2>/dev/null | tail -n 1)")
     done
@@ -83,7 +95,7 @@ echo "== rlvr-kernels GPU check, $(date -u +%Y-%m-%dT%H:%MZ), $(cat "$out/device
 printf '%s\n' "${summary[@]}"
 for b in "$work"/bench_*; do
     log="$out/$(basename "$b").log"
-    grep -hs "device memory in use" "$log"
+    grep -hs "device memory in use\|composition failed" "$log"
     [[ -f $log ]] && sed -n '/^CUDA token statistics/,$p' "$log"
 done
 exit $failed
