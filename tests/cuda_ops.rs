@@ -1,8 +1,8 @@
 //! The candle ops on a CUDA device (run by scripts/gpu-check.sh on a GPU host): the fused
 //! token statistics (`crate::cuda::token_stats` on candle's stream, backward composed from candle
-//! ops) and the naive GRPO loss equal their CPU results, in values and dlogits; bad rows and
-//! inputs on another device are typed errors; the fused GRPO op on CUDA says its kernels are not
-//! built yet.
+//! ops), the fused GRPO loss (`cuda::grpo_forward` / `grpo_backward`) and the naive GRPO loss
+//! equal their CPU results, in values and dlogits; bad rows and inputs on another device are
+//! typed errors.
 //!
 //! Without a CUDA device every test prints "skipping: <why>" and passes.
 //!
@@ -118,8 +118,7 @@ fn token_stats_on_cuda_matches_cpu() {
 }
 
 /// The naive GRPO loss (plain candle ops) on CUDA vs on the CPU: loss and dlogits, over the
-/// configuration matrix (1280 cases). This is the loss a trainer uses on CUDA until the fused
-/// CUDA GRPO op exists.
+/// configuration matrix (1280 cases).
 #[test]
 fn naive_grpo_on_cuda_matches_cpu() {
     let Some(gpu) = gpu_or_skip("naive_grpo_on_cuda_matches_cpu") else { return };
@@ -147,18 +146,55 @@ fn naive_grpo_on_cuda_matches_cpu() {
     }
 }
 
-/// The fused GRPO op on CUDA fails with a clear error until the CUDA GRPO kernels are wired in.
+/// The fused GRPO op on CUDA (`cuda::grpo_forward` / `grpo_backward` on candle's stream) vs
+/// the fused op on the CPU, over the configuration matrix (1280 cases): loss, per-token outputs
+/// and the dlogits of 2.5·loss (the upstream gradient reaches the kernel as a device scalar).
 #[test]
-fn fused_grpo_on_cuda_says_not_built() {
-    let Some(gpu) = gpu_or_skip("fused_grpo_on_cuda_says_not_built") else { return };
-    let c = grpo_case(0, 1);
-    let t = c.tensors(&gpu);
-    match ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg) {
-        Err(Error::Cuda { op, msg }) => {
-            assert_eq!(op, "ops::grpo_loss");
-            assert!(msg.contains("not built yet"), "{msg}");
+fn fused_grpo_on_cuda_matches_cpu() {
+    let Some(gpu) = gpu_or_skip("fused_grpo_on_cuda_matches_cpu") else { return };
+    for i in 0..cases(MATRIX) {
+        let mut c = grpo_case(i, 31_000 + i as u64);
+        c.cfg.top_p = (i % 2 == 0).then_some(0.9);
+        let ctx = format!("case {i}: b={} t={} v={} {:?} cfg={:?}", c.b, c.t, c.v, c.dtype, c.cfg);
+        let spec = reference::grpo_loss(&c.logits_f64(), c.v, &c.inputs(), &c.cfg).unwrap();
+        let mut runs = Vec::new();
+        for dev in [&Device::Cpu, &gpu] {
+            let t = c.tensors(dev);
+            let out = ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg).unwrap();
+            assert!(out.token_loss.device().same_device(dev), "{ctx}: outputs on the logits' device");
+            let grad = grad_of(&out.loss.affine(2.5, 0.0).unwrap(), t.logits.as_tensor());
+            runs.push((out, grad));
         }
-        other => panic!("expected Error::Cuda, got {other:?}"),
+        let ((cpu, cpu_grad), (cuda, cuda_grad)) = (&runs[0], &runs[1]);
+        let scalar = |t: &Tensor| t.to_scalar::<f32>().unwrap() as f64;
+        let scale: f64 = spec.tokens.iter().zip(&spec.weights).map(|(t, a)| (a * t.total).abs()).sum();
+        let (lc, lg) = (scalar(&cpu.loss), scalar(&cuda.loss));
+        assert!((lc - lg).abs() <= 1e-4 * scale + 1e-6, "{ctx}: loss cpu {lc}, cuda {lg}");
+        let close = |name: &str, a: &Tensor, b: &Tensor, tol: &dyn Fn(usize) -> f64| {
+            for (r, (x, y)) in host_f32(a).iter().zip(host_f32(b)).enumerate() {
+                assert!(((x - y).abs() as f64) <= tol(r), "{ctx}: {name}[{r}] cpu {x}, cuda {y}");
+            }
+        };
+        close("logp", &cpu.logp, &cuda.logp, &|_| VALUE_TOL as f64);
+        close("entropy", &cpu.entropy, &cuda.entropy, &|_| VALUE_TOL as f64);
+        close("ratio", &cpu.ratio, &cuda.ratio, &|r| 1e-4 * spec.tokens[r].ratio);
+        let loss_parts = |r: usize| spec.tokens[r].total.abs() + spec.tokens[r].policy.abs() + spec.tokens[r].kl.abs();
+        close("token_loss", &cpu.token_loss, &cuda.token_loss, &|r| 1e-4 * loss_parts(r) + 1e-6);
+        if let (Some(a), Some(b)) = (&cpu.kl, &cuda.kl) {
+            close("kl", a, b, &|r| 1e-4 * (spec.tokens[r].kl.abs() + 1.0));
+        }
+        let flags = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        assert_eq!(flags(&cpu.clip_flags), flags(&cuda.clip_flags), "{ctx}: clip flags");
+        if let (Some(p), Some(b)) = (c.cfg.top_p, &cuda.branch) {
+            let b = b.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+            for (r, row) in c.logits.chunks(c.v).enumerate() {
+                let row: Vec<f64> = row.iter().map(|&z| z as f64).collect();
+                let (lo, hi) = reference::branch_band(&row, c.cfg.temperature as f64, p as f64);
+                assert!((lo..=hi).contains(&b[r]), "{ctx}: cuda branch[{r}] = {} outside [{lo}, {hi}]", b[r]);
+            }
+        }
+        let row_tol = |r: usize| 2.5 * GRAD_RTOL * row_scale(&c, &spec, r);
+        assert_grads_close(&ctx, cpu_grad, cuda_grad, c.v, row_tol, c.dtype);
     }
 }
 
@@ -178,6 +214,13 @@ fn cuda_bad_rows_are_typed_errors() {
     let z = Tensor::from_vec(v, (3, 4), &gpu).unwrap();
     assert_eq!(ops::token_stats(&z, None, &cfg).unwrap_err(), Error::AllNegInfRow { row: 0 });
     assert_eq!(ops::naive::token_stats(&z, None, &cfg).unwrap_err(), Error::AllNegInfRow { row: 0 });
+    // The GRPO op's device status words give the same typed error.
+    let c = grpo_case(0, 4);
+    let mut bad = c.clone();
+    bad.logits[c.v + 1] = f32::NAN;
+    let t = bad.tensors(&gpu);
+    let err = ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg).unwrap_err();
+    assert_eq!(err, Error::NonFiniteLogits { row: 1 });
 }
 
 /// Per-token inputs on another device than the logits: [`Error::DeviceMismatch`] naming the

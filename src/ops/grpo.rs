@@ -8,13 +8,12 @@
 //! the upstream gradient of the loss: one more read of each row, one write of dlogits in the
 //! logits' dtype. The per-token inputs are read to the host once (O(N)).
 //!
-//! CUDA: the GRPO kernels are not built yet (another part of the project adds them); on a CUDA
-//! device the forward returns [`Error::Cuda`] saying so, and [`super::naive::grpo_loss`] (same
-//! signature) is the way to train there until then.
+//! On a CUDA device the same op runs `crate::cuda::grpo_forward` / `grpo_backward` on candle's
+//! stream (`ops::grpo_cuda`), reading the per-token inputs in place.
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::check::{self, HostGrpoInputs};
 use super::side::Side;
@@ -77,39 +76,92 @@ pub struct GrpoLossOutput {
 /// the KL penalty is on; [`Error::EmptyVocab`]; [`Error::DeviceMismatch`]; the per-token values'
 /// ([`Error::TargetOutOfRange`], [`Error::InvalidMask`], [`Error::NonFiniteInput`]); with
 /// `cfg.check_finite` [`Error::NonFiniteLogits`] / [`Error::AllNegInfRow`] naming the first bad
-/// row of the flattened `[B·T, V]` view; on a CUDA device [`Error::Cuda`] (not built yet).
+/// row of the flattened `[B·T, V]` view; device errors as [`Error::Cuda`].
 pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> Result<GrpoLossOutput> {
     let host = check::grpo(logits, inputs, cfg)?;
     let logits = logits.contiguous()?;
     let lead = host.lead.clone();
     let side = Arc::new(Side::default());
-    let op = GrpoOp { cfg: *cfg, inputs: host, side: side.clone() };
+    let op = GrpoOp {
+        cfg: *cfg,
+        inputs: host,
+        #[cfg(feature = "cuda")]
+        tensors: InputTensors::of(inputs)?,
+        side: side.clone(),
+    };
     let loss = side.result(logits.apply_op1(op))?;
-    let dev = logits.device();
-    let per_token = side.with(|fwd| -> Result<_> {
-        let fwd = fwd.ok_or_else(|| Error::Candle("the GRPO forward left no per-token outputs".into()))?;
-        let f32s = |v: &mut Vec<f32>| Tensor::from_vec(std::mem::take(v), lead.as_slice(), dev);
-        Ok(GrpoLossOutput {
-            loss: loss.clone(),
-            token_loss: f32s(&mut fwd.token_loss)?,
-            logp: f32s(&mut fwd.logp)?,
-            // The backward needs `saved.entropy`: copy it, do not move it.
-            entropy: Tensor::from_slice(&fwd.saved.entropy, lead.as_slice(), dev)?,
-            ratio: f32s(&mut fwd.ratio)?,
-            clip_flags: Tensor::from_vec(std::mem::take(&mut fwd.clip_flags), lead.as_slice(), dev)?,
-            kl: fwd.kl.as_mut().map(f32s).transpose()?,
-            branch: fwd.branch.take().map(|b| Tensor::from_vec(b, lead.as_slice(), dev)).transpose()?,
+    side.with(|saved| match saved {
+        Some(Saved::Cpu(fwd)) => host_outputs(fwd, &lead, logits.device(), loss.clone()),
+        #[cfg(feature = "cuda")]
+        Some(Saved::Cuda(d)) => super::grpo_cuda::outputs(d, &lead, loss.clone()),
+        None => Err(Error::Candle("the GRPO forward left no per-token outputs".into())),
+    })
+}
+
+/// The per-token outputs of a CPU forward as tensors (moved out of `fwd`; entropy is copied, the
+/// backward still needs `saved.entropy`).
+fn host_outputs(
+    fwd: &mut GrpoForward,
+    lead: &[usize],
+    dev: &candle_core::Device,
+    loss: Tensor,
+) -> Result<GrpoLossOutput> {
+    let f32s = |v: &mut Vec<f32>| Tensor::from_vec(std::mem::take(v), lead, dev);
+    Ok(GrpoLossOutput {
+        loss,
+        token_loss: f32s(&mut fwd.token_loss)?,
+        logp: f32s(&mut fwd.logp)?,
+        entropy: Tensor::from_slice(&fwd.saved.entropy, lead, dev)?,
+        ratio: f32s(&mut fwd.ratio)?,
+        clip_flags: Tensor::from_vec(std::mem::take(&mut fwd.clip_flags), lead, dev)?,
+        kl: fwd.kl.as_mut().map(f32s).transpose()?,
+        branch: fwd.branch.take().map(|b| Tensor::from_vec(b, lead, dev)).transpose()?,
+    })
+}
+
+/// The per-token input tensors, contiguous, for the device passes (which read them in place).
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+pub(crate) struct InputTensors {
+    pub targets: Tensor,
+    pub mask: Tensor,
+    pub old_logp: Tensor,
+    pub ref_logp: Option<Tensor>,
+    pub advantages: Tensor,
+}
+
+#[cfg(feature = "cuda")]
+impl InputTensors {
+    fn of(inputs: &GrpoLossInputs) -> Result<Self> {
+        Ok(InputTensors {
+            targets: inputs.targets.contiguous()?,
+            mask: inputs.mask.contiguous()?,
+            old_logp: inputs.old_logp.contiguous()?,
+            ref_logp: inputs.ref_logp.map(|r| r.contiguous()).transpose()?,
+            advantages: inputs.advantages.contiguous()?,
         })
-    })?;
-    Ok(per_token)
+    }
+}
+
+/// What a forward leaves in the side channel: the per-token outputs (until the public function
+/// moves them out) and the backward's saved scalars, on the host or on the device.
+#[derive(Debug)]
+pub(crate) enum Saved {
+    Cpu(Box<GrpoForward>),
+    #[cfg(feature = "cuda")]
+    Cuda(Box<super::grpo_cuda::DeviceForward>),
 }
 
 /// The forward op: `[B, T, V]` logits → the scalar loss; per-token outputs and the backward's
 /// saved scalars in `side`.
-struct GrpoOp {
-    cfg: GrpoConfig,
-    inputs: HostGrpoInputs,
-    side: Arc<Side<GrpoForward>>,
+pub(crate) struct GrpoOp {
+    pub cfg: GrpoConfig,
+    /// Checked host copies of the per-token inputs (the CPU passes read these).
+    pub inputs: HostGrpoInputs,
+    /// The caller's per-token tensors (the CUDA passes read these in place).
+    #[cfg(feature = "cuda")]
+    pub tensors: InputTensors,
+    side: Arc<Side<Saved>>,
 }
 
 impl GrpoOp {
@@ -133,65 +185,94 @@ impl CustomOp1 for GrpoOp {
         }
         .map_err(|e| self.side.fail(e))?;
         let loss = fwd.loss;
-        self.side.put(fwd);
+        self.side.put(Saved::Cpu(Box::new(fwd)));
         Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        _s: &candle_core::CudaStorage,
-        _l: &Layout,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        Err(self.side.fail(Error::Cuda {
-            op: "ops::grpo_loss",
-            msg: "the CUDA GRPO kernels are not built yet; use ops::naive::grpo_loss (same signature) on CUDA".into(),
-        }))
+        let (start, end) = offsets(l, self.name())?;
+        let (loss, fwd) = super::grpo_cuda::forward(self, s, start..end).map_err(|e| self.side.fail(e))?;
+        self.side.put(Saved::Cuda(Box::new(fwd)));
+        Ok((loss, Shape::from(())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let grad_loss = grad_res.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-        let dz = arg.detach().apply_op1_no_bwd(&GrpoBackward { op: self, grad_loss })?;
+        // The upstream gradient stays where it is (a device scalar on CUDA: no synchronisation).
+        let grad = grad_res.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let dz = arg.detach().apply_op2_no_bwd(&grad, &GrpoBackward { op: self })?;
         Ok(Some(dz))
     }
 }
 
-/// The backward pass as a candle op over the logits: `grad_loss`·∂loss/∂z in the logits' dtype.
+/// The backward pass as a candle op over (logits, upstream gradient of the loss `[]` f32):
+/// grad_loss·∂loss/∂z in the logits' dtype.
 struct GrpoBackward<'a> {
     op: &'a GrpoOp,
-    grad_loss: f32,
+}
+
+/// A candle error from the crate's (the backward has no side channel: its errors are internal).
+fn candle_err(e: Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
 }
 
 impl GrpoBackward<'_> {
-    fn cpu<E: Element>(&self, z: &[E]) -> candle_core::Result<Vec<E>> {
+    fn cpu<E: Element>(&self, z: &[E], grad_loss: f32) -> candle_core::Result<Vec<E>> {
         let (op, inputs) = (self.op, &self.op.inputs);
         op.side
-            .with(|fwd| match fwd {
-                Some(f) => {
-                    cpu::grpo_backward(z, inputs.vocab, &inputs.targets, &f.saved, op.cfg.temperature, self.grad_loss)
+            .with(|saved| match saved {
+                Some(Saved::Cpu(f)) => {
+                    cpu::grpo_backward(z, inputs.vocab, &inputs.targets, &f.saved, op.cfg.temperature, grad_loss)
                 }
-                None => Err(Error::Candle("the GRPO backward ran without its forward's saved values".into())),
+                _ => Err(Error::Candle("the GRPO backward ran without its CPU forward's saved values".into())),
             })
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            .map_err(candle_err)
     }
 }
 
-impl CustomOp1 for GrpoBackward<'_> {
+impl CustomOp2 for GrpoBackward<'_> {
     fn name(&self) -> &'static str {
         "rlvr-grpo-loss-backward"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (start, end) = offsets(l, self.name())?;
+        let grad_loss = match g {
+            CpuStorage::F32(v) => v[gl.start_offset()],
+            _ => candle_core::bail!("rlvr-grpo-loss-backward: the loss gradient must be f32"),
+        };
         let out = match s {
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end])?),
-            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end])?),
-            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end])?),
-            other => {
-                let e = unsupported(candle_core::backend::BackendStorage::dtype(other));
-                return Err(candle_core::Error::Msg(e.to_string()));
-            }
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end], grad_loss)?),
+            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end], grad_loss)?),
+            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end], grad_loss)?),
+            other => return Err(candle_err(unsupported(candle_core::backend::BackendStorage::dtype(other)))),
         };
         Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (start, end) = offsets(l, self.name())?;
+        let dz = self.op.side.with(|saved| match saved {
+            Some(Saved::Cuda(d)) => super::grpo_cuda::backward(self.op, d, (s, start..end), (g, gl.start_offset())),
+            _ => Err(Error::Candle("the GRPO backward ran without its CUDA forward's saved values".into())),
+        });
+        Ok((dz.map_err(candle_err)?, l.shape().clone()))
     }
 }

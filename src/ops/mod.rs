@@ -12,7 +12,7 @@
 //! | op | CPU forward | CPU backward | CUDA forward | CUDA backward |
 //! |----|-------------|--------------|--------------|---------------|
 //! | [`token_stats()`] | `cpu::token_stats` | fused row pass | `cuda::token_stats` | candle ops |
-//! | [`grpo_loss`] | `cpu::grpo_forward` | `cpu::grpo_backward` | error: not built yet | — |
+//! | [`grpo_loss`] | `cpu::grpo_forward` | `cpu::grpo_backward` | `cuda::grpo_forward` | `cuda::grpo_backward` |
 //! | [`naive`] | candle ops | autograd | candle ops | autograd |
 //!
 //! Each op is a small private struct implementing candle's `CustomOp1` over the logits (the
@@ -21,6 +21,8 @@
 
 mod check;
 pub mod grpo;
+#[cfg(feature = "cuda")]
+mod grpo_cuda;
 pub mod naive;
 mod side;
 mod stats_backward;
