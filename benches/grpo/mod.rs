@@ -209,32 +209,51 @@ pub fn bench_grpo<E: Element + DeviceRepr + CudaDType>(
     })?;
     drop(storage);
     let naive = time_naive(s, &logits, &h, &cfg, &adv_cfg, &shaping);
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let dz_bytes = (n * v * std::mem::size_of::<E>()) as u64;
-    peaks.push(Peak {
-        what: format!("{dtype_name} fused fwd+bwd (new dlogits, {:.2} GiB)", gib(dz_bytes)),
-        bytes: fused_peak,
-    });
-    peaks.push(Peak { what: format!("{dtype_name} fwd, then bwd (new dlogits)"), bytes: two_peak });
-    let naive_ms = match naive {
-        Ok((ms, peak)) => {
-            peaks.push(Peak { what: format!("{dtype_name} candle composition fwd+bwd"), bytes: peak });
-            Some(ms)
-        }
-        Err(e) => {
-            println!("{dtype_name}: candle composition failed: {e}");
-            None
-        }
-    };
-    let line = |kernel, ms, passes, naive_ms| GrpoLine { kernel, dtype: dtype_name, ms, passes, plain_ms, naive_ms };
-    lines.push(line("plain read", plain_ms, 1.0, None));
-    lines.push(line("grpo fwd (+top-p, entropy)", fwd_ms, 1.0, None));
-    lines.push(line("grpo fwd, bwd (2 kernels)", two_ms, 3.0, naive_ms));
-    lines.push(line("grpo fused fwd+bwd", fused_ms, 2.0, naive_ms));
-    if let Some(ms) = naive_ms {
-        lines.push(line("candle fwd+bwd (autograd)", ms, 3.0, None));
-    }
+    let m = Measured { dtype_name, plain_ms, fwd_ms, two_ms, fused_ms, fused_peak, two_peak, dz_bytes };
+    m.record(naive, lines, peaks);
     Ok(())
+}
+
+/// The measurements of one dtype, turned into table lines and peak lines.
+struct Measured {
+    dtype_name: &'static str,
+    plain_ms: f64,
+    fwd_ms: f64,
+    two_ms: f64,
+    fused_ms: f64,
+    fused_peak: u64,
+    two_peak: u64,
+    dz_bytes: u64,
+}
+
+impl Measured {
+    fn record(&self, naive: BenchResult<(f64, u64)>, lines: &mut Vec<GrpoLine>, peaks: &mut Vec<Peak>) {
+        let name = self.dtype_name;
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let what = format!("{name} fused fwd+bwd (new dlogits, {:.2} GiB)", gib(self.dz_bytes));
+        peaks.push(Peak { what, bytes: self.fused_peak });
+        peaks.push(Peak { what: format!("{name} fwd, then bwd (new dlogits)"), bytes: self.two_peak });
+        let naive_ms = match naive {
+            Ok((ms, peak)) => {
+                peaks.push(Peak { what: format!("{name} candle composition fwd+bwd"), bytes: peak });
+                Some(ms)
+            }
+            Err(e) => {
+                println!("{name}: candle composition failed: {e}");
+                None
+            }
+        };
+        let plain_ms = self.plain_ms;
+        let line = |kernel, ms, passes, naive_ms| GrpoLine { kernel, dtype: name, ms, passes, plain_ms, naive_ms };
+        lines.push(line("plain read", plain_ms, 1.0, None));
+        lines.push(line("grpo fwd (+top-p, entropy)", self.fwd_ms, 1.0, None));
+        lines.push(line("grpo fwd, bwd (2 kernels)", self.two_ms, 3.0, naive_ms));
+        lines.push(line("grpo fused fwd+bwd", self.fused_ms, 2.0, naive_ms));
+        if let Some(ms) = naive_ms {
+            lines.push(line("candle fwd+bwd (autograd)", ms, 3.0, None));
+        }
+    }
 }
 
 /// `ops::naive::grpo_loss` + candle backward: median wall-clock ms over synchronised runs, and the
