@@ -7,6 +7,7 @@
 //! - [`reference`](mod@reference): float64, obviously-correct implementations of every formula — the spec.
 //! - [`cpu`]: fast fused CPU implementations over bf16/f16/f32 rows, tested against the spec.
 //! - [`metrics`], [`rft`]: Pass@k, k-rollout unsolvable sets, RFT data selection.
+//! - [`train`]: a minimal candle GRPO loop (SFT, GRPO with shapings, RFT) on a toy verifiable task.
 //!
 //! Logits are row-major `[N, V]` (a `[B, T, V]` tensor is N = B·T rows); per-token inputs have N
 //! entries; sequences are rows of the `[B, T]` view; GRPO groups are G consecutive sequences.
@@ -24,6 +25,7 @@ pub mod naive;
 pub mod ops;
 pub mod reference;
 pub mod rft;
+pub mod train;
 pub mod types;
 pub mod validate;
 

@@ -12,8 +12,10 @@ mod example;
 mod io;
 mod output;
 mod progress;
+mod rft_cmd;
 mod stats;
 mod table;
+mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +40,10 @@ enum Command {
     Stats(stats::StatsArgs),
     /// Time the fused statistics against a plain log-sum-exp and the naive candle composition.
     Bench(bench::BenchArgs),
+    /// SFT then GRPO (each advantage shaping) on a toy addition task; metrics, plots, summary.
+    Train(train_cmd::TrainArgs),
+    /// SFT then rejection-sampling fine-tuning with each RFT data-selection strategy.
+    Rft(rft_cmd::RftArgs),
 }
 
 fn run(cli: &Cli) -> CliResult<()> {
@@ -45,6 +51,8 @@ fn run(cli: &Cli) -> CliResult<()> {
         Command::Example(args) => example::run(args, cli.quiet),
         Command::Stats(args) => stats::run(args, cli.quiet),
         Command::Bench(args) => bench::run(args, cli.quiet),
+        Command::Train(args) => train_cmd::run(args, cli.quiet),
+        Command::Rft(args) => rft_cmd::run(args, cli.quiet),
     }
 }
 
