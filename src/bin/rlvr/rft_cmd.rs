@@ -23,13 +23,13 @@ pub struct RftArgs {
     #[arg(long)]
     pub batch: Option<usize>,
     /// Fine-tuning learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Fraction of correct responses kept by high-entropy / high-RBF, in (0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_fraction: Option<f64>,
     /// Fraction of incorrect responses added by noise injection, in [0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub noise: Option<f64>,
 }
 

@@ -59,13 +59,13 @@ pub struct CommonArgs {
     pub sft_steps: Option<usize>,
     /// Stop SFT once the sampled Pass@1 on a probe of SFT problems reaches this, in (0, 1]
     /// (checked every 25 steps; default 0.3, off with --quick).
-    #[arg(long, conflicts_with = "sft_all_steps")]
+    #[arg(long, conflicts_with = "sft_all_steps", allow_negative_numbers = true)]
     pub sft_target: Option<f64>,
     /// Run all --sft-steps, without the early stop.
     #[arg(long)]
     pub sft_all_steps: bool,
     /// SFT learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub sft_lr: Option<f64>,
     /// Samples per held-out problem (n of Pass@k).
     #[arg(long)]
@@ -190,16 +190,16 @@ pub struct TrainArgs {
     #[arg(long)]
     pub minibatches: Option<usize>,
     /// GRPO learning rate.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Lower clip epsilon.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip_low: Option<f32>,
     /// Upper clip epsilon (clip-higher).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip_high: Option<f32>,
     /// KL coefficient to the SFT model (0 = off; the KL is reported either way).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub kl_coef: Option<f32>,
     /// Advantage shapings to compare, comma-separated (each starts from the same SFT model).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
