@@ -96,17 +96,17 @@ impl<E: Element> SimdKernel for PlainLse<'_, E> {
     type Out = f32;
 
     #[inline(always)]
-    fn run<const FMA: bool>(self) -> f32 {
+    fn run<const AVX2: bool>(self) -> f32 {
         let (mut m, mut s) = (f32::NEG_INFINITY, 0.0f64);
         for block in self.row.chunks(BLOCK) {
             let zb = math::widen(block, self.buf);
-            let bmax = math::block_max(zb);
+            let bmax = math::block_max::<AVX2>(zb);
             if bmax > m {
                 s *= (m as f64 - bmax as f64).exp();
                 m = bmax;
             }
             if m > f32::NEG_INFINITY {
-                s += math::exp_sum::<FMA>(zb, m, 1.0) as f64;
+                s += math::exp_sum::<AVX2>(zb, m, 1.0) as f64;
             }
         }
         (m as f64 + s.ln()) as f32

@@ -27,8 +27,8 @@ pub(crate) const EXP_LO: f32 = -87.336_55;
 /// `a·b + c`: one fused instruction in the AVX2+FMA copy of a kernel, a multiply and an add in
 /// the baseline copy (where `mul_add` would be a slow libm call).
 #[inline(always)]
-pub(crate) fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
+pub(crate) fn fma<const AVX2: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if AVX2 {
         a.mul_add(b, c)
     } else {
         a * b + c
@@ -42,20 +42,20 @@ pub(crate) fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// polynomial, and 2ⁿ built in the exponent field. Max relative error vs f64 ≤ 1e−7 (≈ 1.7
 /// ulp), with and without FMA: see the tests below.
 #[inline(always)]
-fn exp_core<const FMA: bool>(x: f32) -> f32 {
+fn exp_core<const AVX2: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const SHIFTER: f32 = 12_582_912.0; // 1.5·2^23
     const LN2_HI: f32 = 0.693_359_4; // 355/512: n·LN2_HI is exact for |n| ≤ 2^15
     const LN2_LO: f32 = -2.121_944_4e-4; // ln2 − LN2_HI
     const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-    let t = fma::<FMA>(x, LOG2E, SHIFTER);
+    let t = fma::<AVX2>(x, LOG2E, SHIFTER);
     let n = t - SHIFTER;
-    let r = fma::<FMA>(n, -LN2_LO, fma::<FMA>(n, -LN2_HI, x));
+    let r = fma::<AVX2>(n, -LN2_LO, fma::<AVX2>(n, -LN2_HI, x));
     let mut p = P[0];
     for &c in &P[1..] {
-        p = fma::<FMA>(p, r, c);
+        p = fma::<AVX2>(p, r, c);
     }
-    let y = fma::<FMA>(p, r * r, r) + 1.0;
+    let y = fma::<AVX2>(p, r * r, r) + 1.0;
     // t's bit pattern minus the shifter's is n (|n| < 2^22); n + 127 is 2^n's biased exponent.
     let n_int = t.to_bits().wrapping_sub(SHIFTER.to_bits()) as i32;
     let scale = f32::from_bits((n_int + 127).wrapping_shl(23) as u32);
@@ -67,9 +67,9 @@ fn exp_core<const FMA: bool>(x: f32) -> f32 {
 /// [EXP_LO, 0] (the kernels' domain) measured 8.40e−8 with FMA and 8.13e−8 without; the unit
 /// test checks every 61st of them (2 s instead of 130 s) and a sweep of [0, 88].
 #[inline(always)]
-pub(crate) fn exp<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp<const AVX2: bool>(x: f32) -> f32 {
     let xc = if x > EXP_LO { x } else { EXP_LO };
-    let y = exp_core::<FMA>(xc);
+    let y = exp_core::<AVX2>(xc);
     if x > EXP_LO {
         y
     } else {
@@ -107,50 +107,76 @@ fn tree_sum(mut a: [f32; LANES]) -> f32 {
 /// Max of a block, ignoring NaN (NaN is reported by [`max_and_bad`]); −inf for an empty or
 /// all −inf block.
 #[inline(always)]
-pub(crate) fn block_max(z: &[f32]) -> f32 {
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let chunks = z.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            m[j] = if c[j] > m[j] { c[j] } else { m[j] };
-        }
-    }
-    for (j, &v) in tail.iter().enumerate() {
-        m[j] = if v > m[j] { v } else { m[j] };
-    }
-    m.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
-}
-
-/// NaN or +inf: a logit the statistics cannot use (−inf is fine: p = 0).
-#[inline(always)]
-fn is_bad(v: f32) -> bool {
-    v.is_nan() | (v == f32::INFINITY)
+pub(crate) fn block_max<const AVX2: bool>(z: &[f32]) -> f32 {
+    max_and_flag::<AVX2, false>(z).0
 }
 
 /// Max of a block (ignoring NaN) and whether it holds a NaN or +inf (DESIGN.md §7; −inf is a
-/// valid, masked-out logit).
+/// valid, masked-out logit), in one pass.
 #[inline(always)]
-pub(crate) fn max_and_bad(z: &[f32]) -> (f32, bool) {
-    let mut bad = [0u32; LANES];
-    let chunks = z.chunks_exact(LANES);
+pub(crate) fn max_and_bad<const AVX2: bool>(z: &[f32]) -> (f32, bool) {
+    max_and_flag::<AVX2, true>(z)
+}
+
+#[inline(always)]
+fn max_and_flag<const AVX2: bool, const FLAG: bool>(z: &[f32]) -> (f32, bool) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 (see `dispatch`).
+        return unsafe { max_and_flag_avx2::<FLAG>(z) };
+    }
+    let mut m = f32::NEG_INFINITY;
+    let mut bad = false;
+    for &v in z {
+        m = if v > m { v } else { m };
+        // `v < inf` is false exactly for NaN and +inf.
+        bad |= FLAG && !matches!(v.partial_cmp(&f32::INFINITY), Some(std::cmp::Ordering::Less));
+    }
+    (m, bad)
+}
+
+/// [`max_and_flag`] on 2×8 lanes: `vmaxps` (which returns its second operand when the first is
+/// NaN, so NaN is ignored) and an or of "not less than +inf" (true for NaN and +inf).
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn max_and_flag_avx2<const FLAG: bool>(z: &[f32]) -> (f32, bool) {
+    use std::arch::x86_64::*;
+    let inf = _mm256_set1_ps(f32::INFINITY);
+    let (mut m0, mut m1) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let mut bad = _mm256_setzero_ps();
+    let chunks = z.chunks_exact(16);
     let tail = chunks.remainder();
     for c in chunks {
-        for j in 0..LANES {
-            bad[j] |= u32::from(is_bad(c[j]));
+        let (a, b) = (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(c.as_ptr().add(8)));
+        m0 = _mm256_max_ps(a, m0);
+        m1 = _mm256_max_ps(b, m1);
+        if FLAG {
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(b, inf));
         }
     }
-    let tail_bad = tail.iter().any(|&v| is_bad(v));
-    (block_max(z), tail_bad || bad.iter().any(|&b| b != 0))
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m0, m1));
+    let mut m = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut any_bad = _mm256_movemask_ps(bad) != 0;
+    for &v in tail {
+        m = if v > m { v } else { m };
+        any_bad |= FLAG && !matches!(v.partial_cmp(&f32::INFINITY), Some(std::cmp::Ordering::Less));
+    }
+    (m, any_bad)
 }
 
 /// e = e^d and d clamped to ≥ [`EXP_LO`] for d = (v − m)·inv_t. The clamped d is what the entropy
 /// sum multiplies by e: for v = −inf, d·e would be −inf·0 = NaN, while EXP_LO·0 = 0.
 #[inline(always)]
-fn term<const FMA: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
+fn term<const AVX2: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
     let d = (v - m) * inv_t;
     let dc = if d > EXP_LO { d } else { EXP_LO };
-    (if d > EXP_LO { exp_core::<FMA>(dc) } else { 0.0 }, dc)
+    (if d > EXP_LO { exp_core::<AVX2>(dc) } else { 0.0 }, dc)
 }
 
 /// Σ e^{(z_i − m)/T} over a block whose max is ≤ m (m finite), as (Σ e_i, Σ d_i·e_i) with
@@ -160,23 +186,52 @@ fn term<const FMA: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
 /// then 4 tree levels: ≤ 36 roundings on a same-sign sum, so each block sum is within
 /// 36·2⁻²⁴ ≈ 2.1e−6 relative of the exact sum of the computed terms. Callers add block sums in
 /// f64, whose error (≤ V·2⁻⁵³ ≈ 3e−11 for V = 2¹⁸) is negligible: the bound holds for any V.
+///
+/// With `STORE`, e_i is also written to `e[i]` (`e.len() ≥ z.len()`; unused otherwise), for the
+/// top-p selection.
 #[inline(always)]
-pub(crate) fn exp_sums<const FMA: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32, f32) {
+pub(crate) fn exp_sums<const AVX2: bool, const STORE: bool>(
+    z: &[f32],
+    m: f32,
+    inv_t: f32,
+    e: &mut [f32],
+) -> (f32, f32) {
     let mut s = [0.0f32; LANES];
     let mut w = [0.0f32; LANES];
     let chunks = z.chunks_exact(LANES);
     let tail = chunks.remainder();
-    for c in chunks {
-        for j in 0..LANES {
-            let (e, dc) = term::<FMA>(c[j], m, inv_t);
-            s[j] += e;
-            w[j] = fma::<FMA>(dc, e, w[j]);
+    let n_full = z.len() - tail.len();
+    if STORE {
+        // Two plain loops (e_i, then the sums reading it back from L1) vectorise better than one
+        // loop that both stores and accumulates.
+        let e = &mut e[..z.len()];
+        for (ei, &v) in e.iter_mut().zip(z) {
+            *ei = term::<AVX2>(v, m, inv_t).0;
+        }
+        for (c, ec) in chunks.zip(e.chunks_exact(LANES)) {
+            for j in 0..LANES {
+                let d = (c[j] - m) * inv_t;
+                let dc = if d > EXP_LO { d } else { EXP_LO };
+                s[j] += ec[j];
+                w[j] = fma::<AVX2>(dc, ec[j], w[j]);
+            }
+        }
+    } else {
+        for c in chunks {
+            for j in 0..LANES {
+                let (ej, dc) = term::<AVX2>(c[j], m, inv_t);
+                s[j] += ej;
+                w[j] = fma::<AVX2>(dc, ej, w[j]);
+            }
         }
     }
     for (j, &v) in tail.iter().enumerate() {
-        let (e, dc) = term::<FMA>(v, m, inv_t);
-        s[j] += e;
-        w[j] = fma::<FMA>(dc, e, w[j]);
+        let (ej, dc) = term::<AVX2>(v, m, inv_t);
+        if STORE {
+            e[n_full + j] = ej;
+        }
+        s[j] += ej;
+        w[j] = fma::<AVX2>(dc, ej, w[j]);
     }
     (tree_sum(s), tree_sum(w))
 }
@@ -184,19 +239,257 @@ pub(crate) fn exp_sums<const FMA: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32, 
 /// Σ e^{(z_i − m)/T} over a block whose max is ≤ m (m finite): the plain log-sum-exp's only
 /// work per element. Same lanes, order and error bound as [`exp_sums`].
 #[inline(always)]
-pub(crate) fn exp_sum<const FMA: bool>(z: &[f32], m: f32, inv_t: f32) -> f32 {
+pub(crate) fn exp_sum<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32) -> f32 {
     let mut s = [0.0f32; LANES];
     let chunks = z.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for j in 0..LANES {
-            s[j] += exp::<FMA>((c[j] - m) * inv_t);
+            s[j] += exp::<AVX2>((c[j] - m) * inv_t);
         }
     }
     for (j, &v) in tail.iter().enumerate() {
-        s[j] += exp::<FMA>((v - m) * inv_t);
+        s[j] += exp::<AVX2>((v - m) * inv_t);
     }
     tree_sum(s)
+}
+
+/// Appends to `out[*n..]` (in order) every value of `src` in [lo, hi] and returns how many values
+/// are > hi: stream compaction for the top-p selection. With AVX2: 32 values at a time are
+/// compared (a chunk with nothing to keep costs only that), then per 8 lanes a movemask, a
+/// table-driven permute and one unaligned 8-lane store (so `out` needs 8 spare slots past the
+/// last kept value). Panics if `out` is shorter than
+/// `*n + src.len() + 8` (callers size it once per row).
+#[inline(always)]
+pub(crate) fn compact_range<const AVX2: bool>(src: &[f32], lo: f32, hi: f32, out: &mut [f32], n: &mut usize) -> usize {
+    assert!(out.len() >= *n + src.len() + 8, "compaction buffer too short");
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only inside `run_avx2`, i.e. on a CPU with AVX2 (see
+        // `dispatch`); `out` has room for every 8-lane store (asserted above).
+        return unsafe { compact_range_avx2(src, lo, hi, out, n) };
+    }
+    let mut above = 0;
+    for &v in src {
+        out[*n] = v;
+        *n += usize::from(v >= lo && v <= hi);
+        above += usize::from(v > hi);
+    }
+    above
+}
+
+/// Splits `src` at [lo, hi]: appends the values in [lo, hi] to `out[*n..]` (in order, as
+/// [`compact_range`], with the same 8 spare slots) and returns (#values > hi, Σ values > hi,
+/// Σ values in [lo, hi]). Sums in 8 f32 lanes per block of 256 values (32 terms per lane, 3
+/// tree levels: ≤ 35 roundings, the bound of [`exp_sums`]), then f64. Panics if `out` is
+/// shorter than `*n + src.len() + 8`.
+#[inline(always)]
+pub(crate) fn partition<const AVX2: bool>(
+    src: &[f32],
+    lo: f32,
+    hi: f32,
+    out: &mut [f32],
+    n: &mut usize,
+) -> (usize, f64, f64) {
+    assert!(out.len() >= *n + src.len() + 8, "partition buffer too short");
+    let (mut count, mut above, mut inside) = (0, 0.0f64, 0.0f64);
+    for block in src.chunks(256) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: `AVX2` is true only inside `run_avx2`, i.e. on a CPU with AVX2 and
+            // POPCNT (see `dispatch`); `out` has room for every 8-lane store (asserted above).
+            let (c, a, w) = unsafe { partition_avx2(block, lo, hi, out, n) };
+            (count, above, inside) = (count + c, above + a as f64, inside + w as f64);
+            continue;
+        }
+        let (mut a, mut w) = (0.0f32, 0.0f32);
+        for &v in block {
+            out[*n] = v;
+            let keep = v >= lo && v <= hi;
+            *n += usize::from(keep);
+            count += usize::from(v > hi);
+            a += if v > hi { v } else { 0.0 };
+            w += if keep { v } else { 0.0 };
+        }
+        (above, inside) = (above + a as f64, inside + w as f64);
+    }
+    (count, above, inside)
+}
+
+/// [`partition`] of one block, 8 lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and POPCNT, and `out.len() >= *n + src.len() + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn partition_avx2(src: &[f32], lo: f32, hi: f32, out: &mut [f32], n: &mut usize) -> (usize, f32, f32) {
+    use std::arch::x86_64::*;
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let (mut sa, mut sw) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut count = 0;
+    let chunks = src.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(v, vhi);
+        let keep = _mm256_andnot_ps(gt, _mm256_cmp_ps::<_CMP_GE_OQ>(v, vlo));
+        sa = _mm256_add_ps(sa, _mm256_and_ps(gt, v));
+        sw = _mm256_add_ps(sw, _mm256_and_ps(keep, v));
+        count += _mm256_movemask_ps(gt).count_ones() as usize;
+        let mask = _mm256_movemask_ps(keep) as usize;
+        let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+        _mm256_storeu_ps(out.as_mut_ptr().add(*n), _mm256_permutevar8x32_ps(v, idx));
+        *n += mask.count_ones() as usize;
+    }
+    let (mut a, mut w) = ([0.0f32; 8], [0.0f32; 8]);
+    _mm256_storeu_ps(a.as_mut_ptr(), sa);
+    _mm256_storeu_ps(w.as_mut_ptr(), sw);
+    let (mut a, mut w) = (fold8(a), fold8(w));
+    for &v in tail {
+        out[*n] = v;
+        let keep = v >= lo && v <= hi;
+        *n += usize::from(keep);
+        count += usize::from(v > hi);
+        a += if v > hi { v } else { 0.0 };
+        w += if keep { v } else { 0.0 };
+    }
+    (count, a, w)
+}
+
+/// (#values ≥ h, Σ values ≥ h) of `src`: a read-only pass (no compaction). Sums in 8 f32
+/// lanes per block of 256 values, then f64, as [`partition`].
+#[inline(always)]
+pub(crate) fn sum_at_least<const AVX2: bool>(src: &[f32], h: f32) -> (usize, f64) {
+    let (mut count, mut mass) = (0, 0.0f64);
+    for block in src.chunks(256) {
+        #[cfg(target_arch = "x86_64")]
+        if AVX2 {
+            // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 and POPCNT.
+            let (c, m) = unsafe { sum_at_least_avx2(block, h) };
+            (count, mass) = (count + c, mass + m as f64);
+            continue;
+        }
+        let mut m = 0.0f32;
+        for &v in block {
+            count += usize::from(v >= h);
+            m += if v >= h { v } else { 0.0 };
+        }
+        mass += m as f64;
+    }
+    (count, mass)
+}
+
+/// [`sum_at_least`] of one block, 8 lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and POPCNT.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn sum_at_least_avx2(src: &[f32], h: f32) -> (usize, f32) {
+    use std::arch::x86_64::*;
+    let vh = _mm256_set1_ps(h);
+    let mut sum = _mm256_setzero_ps();
+    let mut count = 0;
+    let chunks = src.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        let ge = _mm256_cmp_ps::<_CMP_GE_OQ>(v, vh);
+        sum = _mm256_add_ps(sum, _mm256_and_ps(ge, v));
+        count += _mm256_movemask_ps(ge).count_ones() as usize;
+    }
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+    let mut m = fold8(lanes);
+    for &v in tail {
+        count += usize::from(v >= h);
+        m += if v >= h { v } else { 0.0 };
+    }
+    (count, m)
+}
+
+/// Sum of 8 lanes in a fixed pairwise order (deterministic).
+#[inline(always)]
+fn fold8(x: [f32; 8]) -> f32 {
+    ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]))
+}
+
+/// Lane indices of the set bits of each 8-bit mask, packed one per byte (for `vpermps`).
+#[cfg(target_arch = "x86_64")]
+static COMPACT_LUT: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut m = 0;
+    while m < 256 {
+        let (mut k, mut j) = (0, 0);
+        while j < 8 {
+            if m & (1 << j) != 0 {
+                t[m] |= (j as u64) << (8 * k);
+                k += 1;
+            }
+            j += 1;
+        }
+        m += 1;
+    }
+    t
+};
+
+/// # Safety
+/// The CPU must support AVX2 and POPCNT, and `out.len() >= *n + src.len() + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn compact_range_avx2(src: &[f32], lo: f32, hi: f32, out: &mut [f32], n: &mut usize) -> usize {
+    use std::arch::x86_64::*;
+    let (vlo, vhi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let mut above = 0;
+    let chunks = src.chunks_exact(32);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut v = [_mm256_setzero_ps(); 4];
+        let mut keep = [_mm256_setzero_ps(); 4];
+        let mut gt = [_mm256_setzero_ps(); 4];
+        for q in 0..4 {
+            v[q] = _mm256_loadu_ps(c.as_ptr().add(8 * q));
+            gt[q] = _mm256_cmp_ps::<_CMP_GT_OQ>(v[q], vhi);
+            keep[q] = _mm256_andnot_ps(gt[q], _mm256_cmp_ps::<_CMP_GE_OQ>(v[q], vlo));
+        }
+        let any_gt = _mm256_or_ps(_mm256_or_ps(gt[0], gt[1]), _mm256_or_ps(gt[2], gt[3]));
+        if _mm256_movemask_ps(any_gt) != 0 {
+            for g in gt {
+                above += _mm256_movemask_ps(g).count_ones() as usize;
+            }
+        }
+        // Sparse rows: most 32-value chunks keep nothing and cost 4 compares.
+        let any_keep = _mm256_or_ps(_mm256_or_ps(keep[0], keep[1]), _mm256_or_ps(keep[2], keep[3]));
+        if _mm256_movemask_ps(any_keep) == 0 {
+            continue;
+        }
+        let all_keep = _mm256_and_ps(_mm256_and_ps(keep[0], keep[1]), _mm256_and_ps(keep[2], keep[3]));
+        if _mm256_movemask_ps(all_keep) == 0xFF {
+            // Dense rows: all 32 kept, a plain copy.
+            for (q, vq) in v.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(*n + 8 * q), *vq);
+            }
+            *n += 32;
+            continue;
+        }
+        for q in 0..4 {
+            let mask = _mm256_movemask_ps(keep[q]) as usize;
+            let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+            // Stores all 8 lanes; only the first popcount(mask) are kept (the next store
+            // overwrites the rest). In bounds: *n + 8 ≤ out.len() by the caller's contract.
+            _mm256_storeu_ps(out.as_mut_ptr().add(*n), _mm256_permutevar8x32_ps(v[q], idx));
+            *n += mask.count_ones() as usize;
+        }
+    }
+    for &v in tail {
+        out[*n] = v;
+        *n += usize::from(v >= lo && v <= hi);
+        above += usize::from(v > hi);
+    }
+    above
 }
 
 /// A kernel compiled twice: `run::<true>` inside an AVX2+FMA function, `run::<false>` for
@@ -206,7 +499,7 @@ pub(crate) trait SimdKernel {
     /// What the kernel returns.
     type Out;
     /// The kernel body; `FMA` says whether fused multiply-add (and AVX2) may be used.
-    fn run<const FMA: bool>(self) -> Self::Out;
+    fn run<const AVX2: bool>(self) -> Self::Out;
 }
 
 /// Runs `k` with AVX2+FMA when the CPU has them (checked at run time; the check is a cached
@@ -214,17 +507,20 @@ pub(crate) trait SimdKernel {
 #[inline]
 pub(crate) fn dispatch<K: SimdKernel>(k: K) -> K::Out {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: `run_avx2` only needs the CPU to support AVX2 and FMA, checked just above.
+    if std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: `run_avx2` only needs the CPU to support AVX2, FMA and POPCNT, checked just above.
         return unsafe { run_avx2(k) };
     }
     k.run::<false>()
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and POPCNT.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,popcnt")]
 unsafe fn run_avx2<K: SimdKernel>(k: K) -> K::Out {
     k.run::<true>()
 }
@@ -233,13 +529,13 @@ unsafe fn run_avx2<K: SimdKernel>(k: K) -> K::Out {
 mod tests {
     use super::*;
 
-    /// Max relative error of `exp::<FMA>` vs f64 over every 61st f32 in [EXP_LO, 0] and a sweep
+    /// Max relative error of `exp::<AVX2>` vs f64 over every 61st f32 in [EXP_LO, 0] and a sweep
     /// of [0, 88].
-    fn max_rel_err<const FMA: bool>() -> f64 {
+    fn max_rel_err<const AVX2: bool>() -> f64 {
         let mut worst = 0.0f64;
         let mut check = |x: f32| {
             let want = (x as f64).exp();
-            let got = exp::<FMA>(x) as f64;
+            let got = exp::<AVX2>(x) as f64;
             worst = worst.max(((got - want) / want).abs());
         };
         // Negative floats: bit patterns from 0x8000_0000 (−0) up to EXP_LO's.
@@ -276,7 +572,7 @@ mod tests {
     #[test]
     fn exp_sums_ignore_neg_inf_without_nan() {
         let z = [0.0f32, f32::NEG_INFINITY, -1.0, f32::NEG_INFINITY];
-        let (s, w) = exp_sums::<false>(&z, 0.0, 1.0);
+        let (s, w) = exp_sums::<false, false>(&z, 0.0, 1.0, &mut []);
         assert!((s as f64 - (1.0 + (-1.0f64).exp())).abs() < 1e-6);
         assert!((w as f64 + (-1.0f64).exp()).abs() < 1e-6);
     }

@@ -1,11 +1,13 @@
 //! Fused per-row token statistics on the CPU: lse, entropy, target log-prob and the exact top-p
 //! branch count, rows in parallel (rayon).
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use crate::config::TokenStatsConfig;
 use crate::cpu::math::{self, SimdKernel, BLOCK};
-use crate::cpu::top_p::{self, TopPScratch};
+use crate::cpu::top_p::{Keeper, TopPScratch};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::types::TokenStats;
@@ -91,16 +93,20 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
     type Out = RowOut;
 
     #[inline(always)]
-    fn run<const FMA: bool>(self) -> RowOut {
+    fn run<const AVX2: bool>(self) -> RowOut {
         let RowKernel { z, inv_t, target, top_p, scratch } = self;
         if scratch.buf.len() < BLOCK {
             scratch.buf.resize(BLOCK, 0.0);
         }
         let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
-        let Some(sums) = sums::<E, FMA>(z, inv_t, &mut scratch.buf) else {
+        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p));
+        let sums = match keeper.as_mut() {
+            Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
+            None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None),
+        };
+        let Some(Sums { m, s, w }) = sums else {
             return RowOut { problem: RowProblem::NonFinite, ..nan };
         };
-        let Sums { m, s, w } = sums;
         if m == f32::NEG_INFINITY {
             return RowOut { problem: RowProblem::AllNegInf, ..nan };
         }
@@ -108,8 +114,10 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
         let lse = m as f64 * inv_t as f64 + ln_s;
         let entropy = ln_s - w / s;
         let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
-        let branch =
-            top_p.map_or(0, |p| top_p::branch::<E, FMA>(z, m, s, inv_t, p, &mut scratch.buf, &mut scratch.top_p));
+        let branch = match (keeper, top_p) {
+            (Some(k), Some(p)) => k.branch::<AVX2>(m, s, inv_t, p),
+            _ => 0,
+        };
         RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
     }
 }
@@ -121,13 +129,19 @@ struct Sums {
     w: f64,
 }
 
-/// One read of the row in blocks; `None` on a NaN or +inf logit.
+/// One read of the row in blocks; `None` on a NaN or +inf logit. With a `keeper` (top-p), each
+/// block's e_i are also handed to it while in L1.
 #[inline(always)]
-fn sums<E: Element, const FMA: bool>(z: &[E], inv_t: f32, buf: &mut [f32]) -> Option<Sums> {
+fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
+    z: &[E],
+    inv_t: f32,
+    buf: &mut [f32],
+    mut keeper: Option<&mut Keeper>,
+) -> Option<Sums> {
     let mut acc = Sums { m: f32::NEG_INFINITY, s: 0.0, w: 0.0 };
     for block in z.chunks(BLOCK) {
         let zb = math::widen(block, buf);
-        let (bmax, bad) = math::max_and_bad(zb);
+        let (bmax, bad) = math::max_and_bad::<AVX2>(zb);
         if bad {
             return None;
         }
@@ -140,13 +154,31 @@ fn sums<E: Element, const FMA: bool>(z: &[E], inv_t: f32, buf: &mut [f32]) -> Op
             }
             acc.m = bmax;
         }
-        if acc.m > f32::NEG_INFINITY {
-            let (s, w) = math::exp_sums::<FMA>(zb, acc.m, inv_t);
-            acc.s += s as f64;
-            acc.w += w as f64;
+        if acc.m == f32::NEG_INFINITY {
+            continue;
+        }
+        match keeper.as_deref_mut() {
+            Some(k) if KEEP => {
+                let (s, w) = math::exp_sums::<AVX2, true>(zb, acc.m, inv_t, k.block());
+                (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
+                // The block's largest e_i, from its max logit: the same expression as in exp_sums.
+                let e_max = math::exp::<AVX2>((bmax - acc.m) * inv_t);
+                k.keep_block::<AVX2>(zb.len(), acc.m, acc.s, e_max);
+            }
+            _ => {
+                let (s, w) = math::exp_sums::<AVX2, false>(zb, acc.m, inv_t, &mut []);
+                (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
+            }
         }
     }
     Some(acc)
+}
+
+thread_local! {
+    /// Each worker thread's scratch, kept across calls: the top-p buffers (2·(V + 8) f32, 1.2 MB
+    /// at V = 151936) are allocated and touched once per thread, not once per call or per rayon
+    /// split. `row_stats` never re-enters `token_stats`, so the borrow cannot conflict.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Per-token statistics of row-major `[N, V]` logits (bf16, f16 or f32) at temperature
@@ -172,9 +204,7 @@ pub fn token_stats<E: Element>(
     let rows: Vec<RowOut> = logits
         .par_chunks_exact(vocab)
         .enumerate()
-        .map_init(Scratch::default, |scratch, (r, row)| {
-            row_stats(row, inv_t, targets.map(|t| t[r]), cfg.top_p, scratch)
-        })
+        .map(|(r, row)| SCRATCH.with(|s| row_stats(row, inv_t, targets.map(|t| t[r]), cfg.top_p, &mut s.borrow_mut())))
         .collect();
     if cfg.check_finite {
         validate::first_bad_row(n, |r| rows[r].problem.error(r))?;
