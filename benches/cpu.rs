@@ -1,0 +1,91 @@
+//! CPU token statistics at [N, V] = [256, 151936] (Qwen vocabulary), f32 and bf16, on LM-like
+//! (peaked) and flat rows (the top-p worst case: pruning keeps every token):
+//! (a) the naive candle composition with host-sorted top-p, (b) a plain single-pass LSE (the
+//! floor of any fused pass: one read, one exp per element), (c) fused stats with top-p 0.95 and
+//! targets, (d) fused stats with targets, without top-p.
+//!
+//! Throughput is the bytes of logits that must be read (N·V·dtype size). DESIGN.md §6 targets:
+//! (c) ≥ 10× faster than (a) and ≤ 1.5× the time of (b). Kept short for a 2-core machine:
+//! 10 samples, short warm-up and measurement.
+//!
+//! Run: `cargo bench --bench cpu` (results under target/criterion/cpu_*).
+
+use std::time::Duration;
+
+use candle_core::{Device, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::bf16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rlvr_kernels::{cpu, naive, Element, TokenStatsConfig};
+
+const N: usize = 256;
+const V: usize = 151_936;
+
+/// Row kinds: LM-like = N(0, 2²) noise plus 4 spikes 12..20 above the mean (top-p 0.95 keeps a
+/// handful of tokens, as in real rollouts); flat = U(−0.5, 0.5) (keeps ~90% of the row).
+fn logits(kind: &str, rng: &mut StdRng) -> Vec<f32> {
+    let mut z = Vec::with_capacity(N * V);
+    for _ in 0..N {
+        let start = z.len();
+        match kind {
+            "lm" => {
+                for _ in 0..V {
+                    // Box–Muller.
+                    let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
+                    z.push(2.0 * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos());
+                }
+                for _ in 0..4 {
+                    z[start + rng.random_range(0..V)] = rng.random_range(12.0..20.0);
+                }
+            }
+            _ => z.extend((0..V).map(|_| rng.random_range(-0.5f32..0.5))),
+        }
+    }
+    z
+}
+
+fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str, values: &[f32], targets: &[u32]) {
+    let logits: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
+    let mut group = c.benchmark_group(format!("cpu_token_stats/{}/{kind}", <E as Element>::DTYPE));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Bytes((N * V * <E as Element>::DTYPE.size()) as u64));
+    let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let no_p = TokenStatsConfig { top_p: None, ..with_p };
+
+    let tensor = Tensor::from_slice(&logits, (N, V), &Device::Cpu).expect("tensor");
+    let y = Tensor::from_slice(targets, N, &Device::Cpu).expect("tensor");
+    group.bench_function(BenchmarkId::from_parameter("a_naive_candle"), |b| {
+        b.iter(|| naive::candle_token_stats(&tensor, Some(&y), &with_p).expect("valid"))
+    });
+    group.bench_function(BenchmarkId::from_parameter("b_plain_lse"), |b| b.iter(|| naive::plain_lse(&logits, V)));
+    group.bench_function(BenchmarkId::from_parameter("c_fused_top_p"), |b| {
+        b.iter(|| cpu::token_stats(&logits, V, Some(targets), &with_p).expect("valid"))
+    });
+    group.bench_function(BenchmarkId::from_parameter("d_fused_no_top_p"), |b| {
+        b.iter(|| cpu::token_stats(&logits, V, Some(targets), &no_p).expect("valid"))
+    });
+    group.finish();
+}
+
+fn token_stats(c: &mut Criterion) {
+    let mut rng = StdRng::seed_from_u64(2508_07534);
+    let targets: Vec<u32> = (0..N).map(|_| rng.random_range(0..V as u32)).collect();
+    for kind in ["lm", "flat"] {
+        let values = logits(kind, &mut rng);
+        bench_kind::<f32>(c, kind, &values, &targets);
+        bench_kind::<bf16>(c, kind, &values, &targets);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    // No plots: criterion's plotters backend panics on machines without system fonts (CI), and
+    // the figures that matter go to BENCHMARKS.md as a table.
+    config = Criterion::default().without_plots();
+    targets = token_stats
+}
+criterion_main!(benches);
