@@ -114,6 +114,8 @@ fn draw(area: &Area, chart: &Chart) -> DrawResult {
         .x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
         .label_style((FONT, 13))
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
         .axis_desc_style((FONT, 14))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
@@ -125,7 +127,14 @@ fn draw(area: &Area, chart: &Chart) -> DrawResult {
         } else {
             ctx.draw_series(LineSeries::new(s.points.iter().copied(), style))?
         };
-        let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2));
+        // Two segments either way (one type for both closures): with a gap when dashed, so the
+        // legend tells dashed lines from solid ones.
+        let gap = if s.dashed { 4 } else { 0 };
+        let legend = move |(x, y): (i32, i32)| {
+            EmptyElement::at((x, y))
+                + PathElement::new(vec![(0, 0), (9 - gap / 2, 0)], color.stroke_width(2))
+                + PathElement::new(vec![(9 + gap / 2, 0), (18, 0)], color.stroke_width(2))
+        };
         anno.label(s.name.as_str()).legend(legend);
     }
     let position = if chart.legend_low { SeriesLabelPosition::LowerRight } else { SeriesLabelPosition::UpperRight };
@@ -136,6 +145,22 @@ fn draw(area: &Area, chart: &Chart) -> DrawResult {
         .position(position)
         .draw()?;
     Ok(())
+}
+
+/// An axis label: at most 4 significant decimals, no trailing zeros ("10", "0.25", "-2.4"),
+/// scientific notation for very small or very large magnitudes.
+fn tick(v: &f64) -> String {
+    let a = v.abs();
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        return format!("{v:.1e}");
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Trailing moving average over `window` points (fewer at the start), for noisy per-step curves.
