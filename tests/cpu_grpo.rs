@@ -5,14 +5,14 @@
 //! of that quantity rounds (derived next to each formula in `Tol::new`). Injected bugs (a wrong
 //! sign, factor, clamp or branch) show far above these bounds.
 
+mod grpo_cases;
+
+use grpo_cases::{case, data, dtype_rounding, Case, Tol};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use rlvr_kernels::reference::{self, GrpoReference, SplitMix64};
-use rlvr_kernels::{
-    cpu, AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoForward, GrpoInputs, KlEstimator, KlPenalty,
-    PositionShaping, PplShaping, Shaping, CLIPPED, DUAL_CLIPPED,
-};
+use rlvr_kernels::reference;
+use rlvr_kernels::{cpu, DType, Element, GrpoForward, CLIPPED, DUAL_CLIPPED};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
@@ -27,316 +27,8 @@ fn cases() -> u32 {
 const UNIT: f64 = 1.0 / (1u64 << 18) as f64;
 
 // ---------------------------------------------------------------------------------------------
-// Generated cases
+// Properties
 // ---------------------------------------------------------------------------------------------
-
-/// How far ℓ_old (or ℓ_ref) lies from the current ℓ: inside the clip range, outside it, beyond
-/// the ±20 clamp, or a per-token mix.
-#[derive(Debug, Clone, Copy)]
-enum Offset {
-    Near,
-    Far,
-    Huge,
-    Mixed,
-}
-
-#[derive(Debug, Clone)]
-struct Case {
-    dtype: DType,
-    groups: usize,
-    group: usize,
-    seq_len: usize,
-    vocab: usize,
-    seed: u64,
-    scale: f32,
-    peaked: bool,
-    neg_inf: bool,
-    cfg: GrpoConfig,
-    shaping: Shaping,
-    scale_by_std: bool,
-    mask_p: f64,
-    old: Offset,
-    refo: Offset,
-    grad_loss: f32,
-}
-
-fn offset() -> impl Strategy<Value = Offset> {
-    prop_oneof![3 => Just(Offset::Near), 3 => Just(Offset::Far), 1 => Just(Offset::Huge), 4 => Just(Offset::Mixed)]
-}
-
-fn aggregation() -> impl Strategy<Value = Aggregation> {
-    prop_oneof![
-        Just(Aggregation::TOKEN_MEAN),
-        (1.0f64..100.0).prop_map(|g| Aggregation::TokenMean { global_tokens: Some(g) }),
-        Just(Aggregation::SeqMeanTokenMean),
-        Just(Aggregation::SeqMeanTokenSum),
-        (1.0f64..50.0).prop_map(|norm| Aggregation::SeqMeanTokenSumNorm { norm }),
-    ]
-}
-
-fn config() -> impl Strategy<Value = GrpoConfig> {
-    let kl = prop_oneof![
-        Just(None),
-        (0.0f32..0.5, prop_oneof![Just(KlEstimator::K1), Just(KlEstimator::K2), Just(KlEstimator::K3)])
-            .prop_map(|(coef, estimator)| Some(KlPenalty { coef, estimator })),
-    ];
-    let clip = prop_oneof![Just((0.2f32, 0.28f32)), (0.05f32..0.4, 0.05f32..0.5)];
-    let dual = prop_oneof![Just(None), Just(Some(3.0f32)), (1.1f32..5.0).prop_map(Some)];
-    let ent = prop_oneof![Just(0.0f32), 0.001f32..0.1];
-    let top_p = prop_oneof![Just(None), Just(Some(0.95f32)), (0.05f32..0.99).prop_map(Some)];
-    let temp = prop_oneof![Just(1.0f32), Just(0.7), Just(1.6), 0.3f32..3.0];
-    (kl, clip, dual, ent, top_p, temp, aggregation()).prop_map(|(kl, (lo, hi), dual, ent, top_p, temp, agg)| {
-        GrpoConfig {
-            clip_low: lo,
-            clip_high: hi,
-            dual_clip: dual,
-            kl,
-            entropy_coef: ent,
-            temperature: temp,
-            top_p,
-            aggregation: agg,
-            check_finite: true,
-        }
-    })
-}
-
-fn shaping() -> impl Strategy<Value = Shaping> {
-    let ppl = (0.01f32..0.3).prop_map(|alpha| PplShaping { alpha, ..Default::default() });
-    let pos = (0.05f32..0.5, 5.0f32..20.0).prop_map(|(beta, kappa)| PositionShaping { beta, kappa });
-    (prop::option::of(ppl), prop::option::of(pos)).prop_map(|(ppl, position)| Shaping { ppl, position })
-}
-
-fn case() -> impl Strategy<Value = Case> {
-    let dtype = prop_oneof![Just(DType::F32), Just(DType::BF16), Just(DType::F16)];
-    // Modest V keeps the f64 oracle fast; a few larger rows exercise long sums.
-    let vocab = prop_oneof![10 => 1usize..2048, 1 => 2048usize..8192];
-    let shape = (dtype, 1usize..=3, 1usize..=3, 1usize..=5, vocab, any::<u64>());
-    let rows = (prop_oneof![Just(0.1f32), Just(1.0), Just(4.0), Just(12.0)], any::<bool>(), any::<bool>());
-    let mask_p = prop_oneof![1 => Just(0.0f64), 2 => Just(1.0), 4 => 0.2f64..0.9];
-    let grad_loss = prop_oneof![Just(1.0f32), -2.0f32..2.0];
-    let rest = (shaping(), any::<bool>(), mask_p, offset(), offset(), grad_loss);
-    (shape, rows, config(), rest).prop_map(|(s, r, cfg, x)| Case {
-        dtype: s.0,
-        groups: s.1,
-        group: s.2,
-        seq_len: s.3,
-        vocab: s.4,
-        seed: s.5,
-        scale: r.0,
-        peaked: r.1,
-        neg_inf: r.2,
-        cfg,
-        shaping: x.0,
-        scale_by_std: x.1,
-        mask_p: x.2,
-        old: x.3,
-        refo: x.4,
-        grad_loss: x.5,
-    })
-}
-
-fn uniform(rng: &mut SplitMix64) -> f64 {
-    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn offset_value(rng: &mut SplitMix64, mode: Offset) -> f64 {
-    let sign = if rng.next_u64() & 1 == 0 { 1.0 } else { -1.0 };
-    match mode {
-        Offset::Near => 0.3 * uniform(rng) - 0.15,
-        Offset::Far => sign * (0.3 + 2.7 * uniform(rng)),
-        Offset::Huge => sign * (21.0 + 9.0 * uniform(rng)),
-        Offset::Mixed => {
-            let m = match rng.below(8) {
-                0..=3 => Offset::Near,
-                4..=6 => Offset::Far,
-                _ => Offset::Huge,
-            };
-            offset_value(rng, m)
-        }
-    }
-}
-
-/// Everything one case feeds to both implementations.
-struct Data<E> {
-    logits: Vec<E>,
-    z64: Vec<f64>,
-    targets: Vec<u32>,
-    mask: Vec<f32>,
-    old_logp: Vec<f32>,
-    ref_logp: Vec<f32>,
-    advantages: Vec<f32>,
-}
-
-impl<E> Data<E> {
-    fn inputs(&self, c: &Case) -> GrpoInputs<'_> {
-        GrpoInputs {
-            targets: &self.targets,
-            mask: &self.mask,
-            old_logp: &self.old_logp,
-            ref_logp: c.cfg.kl.map(|_| self.ref_logp.as_slice()),
-            advantages: &self.advantages,
-            seq_len: c.seq_len,
-        }
-    }
-}
-
-/// Rows of uniform logits in ±scale, optionally one peak (often the target), optionally some
-/// −inf entries (never the target, so every ℓ is finite); then ℓ_old/ℓ_ref at chosen offsets
-/// from the reference ℓ, a mask with whole-zero sequences, and advantages from
-/// `reference::token_advantages` with the case's shaping.
-fn data<E: Element>(c: &Case) -> Data<E> {
-    let mut rng = SplitMix64(c.seed);
-    let (n, v) = (c.groups * c.group * c.seq_len, c.vocab);
-    let mut z = vec![0.0f32; n * v];
-    let mut targets = vec![0u32; n];
-    for (row, y) in z.chunks_mut(v).zip(&mut targets) {
-        for x in row.iter_mut() {
-            *x = c.scale * (2.0 * uniform(&mut rng) as f32 - 1.0);
-        }
-        let peak = rng.below(v as u64) as usize;
-        if c.peaked {
-            row[peak] += 6.0 + 10.0 * uniform(&mut rng) as f32;
-        }
-        *y = if rng.below(2) == 0 { peak as u32 } else { rng.below(v as u64) as u32 };
-        if c.neg_inf {
-            for (j, x) in row.iter_mut().enumerate() {
-                if j != *y as usize && rng.below(8) == 0 {
-                    *x = f32::NEG_INFINITY;
-                }
-            }
-        }
-    }
-    let logits: Vec<E> = z.iter().map(|&x| E::from_f32(x)).collect();
-    let z64: Vec<f64> = logits.iter().map(|x| x.to_f32() as f64).collect();
-    let t = c.cfg.temperature as f64;
-    let logp: Vec<f64> = z64
-        .chunks(v)
-        .zip(&targets)
-        .map(|(row, &y)| reference::row_stats(row, Some(y), t, None).logp.unwrap())
-        .collect();
-    let old_logp: Vec<f32> = logp.iter().map(|l| (l + offset_value(&mut rng, c.old)) as f32).collect();
-    let ref_logp: Vec<f32> = logp.iter().map(|l| (l + offset_value(&mut rng, c.refo)) as f32).collect();
-    let mut mask: Vec<f32> = (0..n).map(|_| (uniform(&mut rng) < c.mask_p) as u8 as f32).collect();
-    for s in mask.chunks_mut(c.seq_len) {
-        if rng.below(5) == 0 {
-            s.fill(0.0);
-        }
-    }
-    let rewards: Vec<f32> = (0..c.groups * c.group)
-        .map(|_| if rng.below(2) == 0 { rng.below(2) as f32 } else { uniform(&mut rng) as f32 })
-        .collect();
-    let adv_cfg = AdvantageConfig { group_size: c.group, scale_by_std: c.scale_by_std };
-    let advantages = reference::token_advantages(&rewards, &old_logp, &mask, c.seq_len, &adv_cfg, &c.shaping)
-        .expect("valid advantage inputs")
-        .iter()
-        .map(|&a| a as f32)
-        .collect();
-    Data { logits, z64, targets, mask, old_logp, ref_logp, advantages }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tolerances
-// ---------------------------------------------------------------------------------------------
-
-/// Per-token error bounds of the f32 path against the f64 reference, and whether a branch
-/// decision of `reference::token_loss` lies within those bounds of its threshold.
-#[derive(Debug, Default)]
-struct Tol {
-    lse: f64,
-    logp: f64,
-    entropy: f64,
-    ratio: f64,
-    kl: f64,
-    total: f64,
-    g: f64,
-    /// Bound on |dz_tj(cpu) − dz_tj(ref)| before the rounding to the output dtype.
-    grad_row: f64,
-    /// The f32 path may take the other branch: flags, g_t and the gradient row are not compared.
-    ambiguous: bool,
-}
-
-impl Tol {
-    fn new(row: &[f64], k: usize, r: &GrpoReference, inp: &GrpoInputs, cfg: &GrpoConfig, grad_loss: f32) -> Tol {
-        let temp = cfg.temperature as f64;
-        let (p, lse) = reference::softmax(row, temp);
-        let x: Vec<f64> = row.iter().map(|v| v / temp).collect();
-        let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let x_abs = x.iter().filter(|v| v.is_finite()).fold(0.0f64, |a, v| a.max(v.abs()));
-        // E_p|x − m| and E_p(x − m)²: each e_i = exp(x_i − m) carries a relative error of
-        // ≈ ulp·|x_i − m| from rounding its argument; weighted by p these bound the error of
-        // ln S (first moment) and of W/S (second moment).
-        let (mut ead, mut ed2) = (0.0, 0.0);
-        for (&xi, &pi) in x.iter().zip(&p) {
-            if pi > 0.0 {
-                ead += pi * (m - xi);
-                ed2 += pi * (m - xi) * (m - xi);
-            }
-        }
-        let (h, tk, y) = (r.entropy[k], &r.tokens[k], inp.targets[k] as usize);
-        let mut t = Tol {
-            lse: UNIT * (1.0 + m.abs() + lse.abs()),
-            logp: UNIT * (1.0 + (x[y] - m).abs() + (lse - m) + ead),
-            entropy: UNIT * (1.0 + h + (lse - m) + ead + ed2),
-            ..Tol::default()
-        };
-        // ρ = exp(clamp(d)): exp and the clamp are ρ- and 1-Lipschitz in d.
-        let d = r.logp[k] - inp.old_logp[k] as f64;
-        let tol_d = t.logp + UNIT * d.abs();
-        t.ratio = tk.ratio * (1.01 * tol_d + UNIT);
-        // KL: (Lipschitz constant, bound on the second derivative) per estimator; k3 is capped at
-        // 10, which bounds e^u by 13.5 wherever its derivative is nonzero.
-        let (beta, adv) = (cfg.kl.map_or(0.0, |k| k.coef as f64), inp.advantages[k] as f64);
-        if let (Some(kp), Some(rl)) = (cfg.kl, inp.ref_logp) {
-            let dk = r.logp[k] - rl[k] as f64;
-            let tol_dk = t.logp + UNIT * dk.abs();
-            let (l1, l2) = match kp.estimator {
-                KlEstimator::K1 => (1.0, 0.0),
-                KlEstimator::K2 => (dk.abs() + tol_dk, 1.0),
-                KlEstimator::K3 => (12.5, 13.5),
-            };
-            t.kl = l1 * tol_dk + UNIT * (1.0 + tk.kl.abs());
-            t.g = beta * (l2 * tol_dk + UNIT * (1.0 + l1));
-            if kp.estimator == KlEstimator::K3 {
-                let u = (-dk).clamp(-20.0, 20.0);
-                let v = u.exp() - u - 1.0;
-                t.ambiguous |= ((dk.abs() - 20.0).abs() <= tol_dk) || (v - 10.0).abs() <= t.kl;
-            }
-        }
-        // The policy term picks one of −Ã·ρ, −Ã·clip(ρ), −Ã·c: each is |Ã|-Lipschitz in ρ, and
-        // each product rounds once.
-        let c = cfg.dual_clip.map_or(0.0, |c| c as f64);
-        let ce = cfg.entropy_coef as f64;
-        t.total = adv.abs() * (t.ratio + UNIT * (tk.ratio + 1.5 + c))
-            + beta * t.kl
-            + ce * t.entropy
-            + UNIT * (tk.policy.abs() + beta * tk.kl.abs() + ce * h + tk.total.abs());
-        let a = r.weights[k];
-        let (g, hh) = (a * tk.dtotal_dlogp, a * ce);
-        t.g = a * (adv.abs() * (t.ratio + UNIT * tk.ratio) + t.g) + UNIT * g.abs();
-        // dz = (c/T)·[g(δ − p) − h·p(ln p + H)], ln p = z/T − lse from the saved f32 lse: the
-        // error of ln p is that of x plus that of lse, p's relative error the same; p|ln p| ≤ 1/e.
-        let tol_lnp = UNIT * (1.0 + x_abs + lse.abs()) + t.lse;
-        let scale = g.abs() + hh * (1.5 + h);
-        t.grad_row = (grad_loss as f64).abs() / temp
-            * (t.g + UNIT * hh * (1.5 + h) + scale * (1.1 * tol_lnp + t.entropy + UNIT) + UNIT * scale);
-        // Branch thresholds of reference::token_loss, within the f32 error of their operands.
-        let (lo, hi) = (1.0 - cfg.clip_low as f64, 1.0 + cfg.clip_high as f64);
-        let near = |v: f64, edge: f64| (v - edge).abs() <= t.ratio + UNIT * edge;
-        t.ambiguous |= (d.abs() - 20.0).abs() <= tol_d;
-        t.ambiguous |= adv != 0.0 && (near(tk.ratio, lo) || near(tk.ratio, hi));
-        t.ambiguous |= adv < 0.0 && cfg.dual_clip.is_some() && near(tk.ratio.max(lo), c);
-        t
-    }
-}
-
-/// Round-to-nearest unit and half the subnormal spacing of the output dtype.
-fn dtype_rounding(d: DType) -> (f64, f64) {
-    match d {
-        DType::F32 => (2f64.powi(-24), 2f64.powi(-150)),
-        DType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
-        DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
-    }
-}
 
 macro_rules! close {
     ($what:expr, $k:expr, $got:expr, $want:expr, $tol:expr) => {{
@@ -353,10 +45,6 @@ macro_rules! close {
     }};
 }
 
-// ---------------------------------------------------------------------------------------------
-// Properties
-// ---------------------------------------------------------------------------------------------
-
 fn check_forward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
     let d = data::<E>(c);
     let inp = d.inputs(c);
@@ -364,7 +52,7 @@ fn check_forward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
     let r = reference::grpo_loss(&d.z64, c.vocab, &inp, &c.cfg).expect("valid input");
     let mut loss_tol = UNIT * r.loss.abs();
     for (k, row) in d.z64.chunks(c.vocab).enumerate() {
-        let t = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss);
+        let t = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, UNIT);
         let tk = &r.tokens[k];
         close!("lse", k, fwd.saved.lse[k], r.lse[k], t.lse);
         close!("logp", k, fwd.logp[k], r.logp[k], t.logp);
@@ -456,7 +144,7 @@ fn check_backward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
             prop_assert!(got.iter().all(|x| x.to_f32() == 0.0), "masked row {k} is not zero");
             continue;
         }
-        let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss);
+        let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, UNIT);
         if tol.ambiguous {
             continue;
         }

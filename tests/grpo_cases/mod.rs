@@ -1,6 +1,6 @@
-//! Generated GRPO-loss cases and their per-token error bounds against the f64 reference, for the
-//! CUDA tests (the generator and bounds of tests/cpu_grpo.rs, with the tolerance unit a parameter:
-//! the device's exp and sum order have another error budget than the CPU's).
+//! Generated GRPO-loss cases and their per-token error bounds against the f64 reference, shared by
+//! tests/cpu_grpo.rs and the CUDA tests, with the tolerance unit a parameter (the device's exp and
+//! sum order have another error budget than the CPU's).
 //!
 //! A case covers every setting of the loss: the three dtypes; 1..3 groups of 1..3 sequences of
 //! 1..5 tokens; V up to 8192; uniform rows of four scales, optionally peaked, optionally with −inf
@@ -18,7 +18,8 @@ use rlvr_kernels::{
     PplShaping, Shaping,
 };
 
-/// How far ℓ_old (or ℓ_ref) lies from the current ℓ.
+/// How far ℓ_old (or ℓ_ref) lies from the current ℓ: inside the clip range, outside it, beyond
+/// the ±20 clamp, or a per-token mix.
 #[derive(Debug, Clone, Copy)]
 pub enum Offset {
     Near,
@@ -169,7 +170,7 @@ impl<E> Data<E> {
 }
 
 /// The rows, targets, ℓ_old/ℓ_ref, mask, rewards and shaped advantages of a case (as in
-/// tests/cpu_grpo.rs; −inf entries are never the target, so every ℓ is finite).
+/// the module documentation; −inf entries are never the target, so every ℓ is finite).
 pub fn data<E: Element>(c: &Case) -> Data<E> {
     let mut rng = SplitMix64(c.seed);
     let (n, v) = (c.groups * c.group * c.seq_len, c.vocab);
@@ -221,7 +222,7 @@ pub fn data<E: Element>(c: &Case) -> Data<E> {
 }
 
 /// Per-token error bounds against the f64 reference, in multiples of `unit` times the magnitudes
-/// an f32 computation rounds (the derivation of tests/cpu_grpo.rs), and whether a branch decision
+/// an f32 computation rounds (derived next to each formula), and whether a branch decision
 /// of `reference::token_loss` lies within those bounds of its threshold.
 #[derive(Debug, Default)]
 pub struct Tol {
@@ -254,6 +255,9 @@ impl Tol {
         let x: Vec<f64> = row.iter().map(|v| v / temp).collect();
         let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let x_abs = x.iter().filter(|v| v.is_finite()).fold(0.0f64, |a, v| a.max(v.abs()));
+        // E_p|x − m| and E_p(x − m)²: each e_i = exp(x_i − m) carries a relative error of
+        // ≈ ulp·|x_i − m| from rounding its argument; weighted by p these bound the error of
+        // ln S (first moment) and of W/S (second moment).
         let (mut ead, mut ed2) = (0.0, 0.0);
         for (&xi, &pi) in x.iter().zip(&p) {
             if pi > 0.0 {
@@ -269,9 +273,12 @@ impl Tol {
             ..Tol::default()
         };
         let d = r.logp[k] - inp.old_logp[k] as f64;
+        // ρ = exp(clamp(d)): exp and the clamp are ρ- and 1-Lipschitz in d.
         let tol_d = t.logp + unit * d.abs();
         t.ratio = tk.ratio * (1.01 * tol_d + unit);
         let (beta, adv) = (cfg.kl.map_or(0.0, |k| k.coef as f64), inp.advantages[k] as f64);
+        // KL: (Lipschitz constant, bound on the second derivative) per estimator; k3 is capped at
+        // 10, which bounds e^u by 13.5 wherever its derivative is nonzero.
         if let (Some(kp), Some(rl)) = (cfg.kl, inp.ref_logp) {
             let dk = r.logp[k] - rl[k] as f64;
             let tol_dk = t.logp + unit * dk.abs();
