@@ -39,10 +39,10 @@ pub use run::{run_train, TrainReport};
 /// ([`crate::ops::naive`]). Switching is the one-call change the ops module promises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LossImpl {
-    /// [`crate::ops::grpo_loss`] / [`crate::ops::token_stats`].
+    /// [`crate::ops::grpo_loss`] / [`crate::ops::token_stats()`].
     #[default]
     Fused,
-    /// [`crate::ops::naive::grpo_loss`] / [`crate::ops::naive::token_stats`].
+    /// [`crate::ops::naive::grpo_loss`] / [`crate::ops::naive::token_stats()`].
     Naive,
 }
 
