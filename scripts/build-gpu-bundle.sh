@@ -36,17 +36,20 @@ test_args=$(printf -- '--test %s ' $gpu_tests)
 # shellcheck disable=SC2086
 tests=$(cargo test --release --features cuda $test_args --no-run --message-format=json 2>/dev/null | executables test)
 benches=$(cargo bench --features cuda --bench cuda --no-run --message-format=json 2>/dev/null | executables bench)
-[[ -n $tests && -n $benches ]] || { echo "build-gpu-bundle: no cuda test or bench binary was built" >&2; exit 1; }
+# The command line too, so the GPU host can run `rlvr stats/bench/train --device cuda` end to end.
+cli=$(cargo build --release --features cuda --bin rlvr --message-format=json 2>/dev/null | executables bin)
+[[ -n $tests && -n $benches && -n $cli ]] || { echo "build-gpu-bundle: a cuda test, bench or rlvr binary was not built" >&2; exit 1; }
 
 rm -rf .gpu
 mkdir -p .gpu
 # xz packs candle's PTX-heavy binaries to less than half of gzip's size (5.4 vs 11 MB each), so the
-# five binaries stay far below 64 MiB; gpu-check.sh unpacks .xz with xz or Python's lzma.
+# binaries stay below 64 MiB; gpu-check.sh unpacks .xz with xz or Python's lzma.
 pack() { # name path
     strip -o ".gpu/$1" "$2"
     if command -v xz >/dev/null; then xz -6 -T0 ".gpu/$1"; else gzip -9 ".gpu/$1"; fi
 }
 while read -r name path; do pack "$name" "$path"; done <<<"$tests"
 while read -r name path; do pack "bench_$name" "$path"; done <<<"$benches"
+while read -r name path; do pack "$name" "$path"; done <<<"$cli"
 cp scripts/gpu-check.sh .gpu/
 du -b .gpu/* | awk '{printf "%10d  %s\n", $1, $2; t += $1} END {printf "%10d  total (%.1f MiB)\n", t, t / 1048576}'

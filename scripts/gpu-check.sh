@@ -4,9 +4,10 @@
 #
 # 1. every cuda_* test binary (token stats, GRPO loss forward/backward/fused, sequence kernels:
 #    property tests vs the f64 reference, N > 65535, N·V > 2^32, bad input, 10 bit-identical runs);
-# 2. the bench (plain read, fused stats with/without top-p, the GRPO loss fwd / fwd+bwd / fused
+# 2. `rlvr stats` and `rlvr train --quick` with --device cuda;
+# 3. the bench (plain read, fused stats with/without top-p, the GRPO loss fwd / fwd+bwd / fused
 #    fwd+bwd, candle compositions, peak device memory);
-# 3. compute-sanitizer memcheck on the small case `sanitizer_small_case` of every binary, then
+# 4. compute-sanitizer memcheck on the small case `sanitizer_small_case` of every binary, then
 #    racecheck on each (memcheck first: it is the cheaper of the two);
 # then a short table, last. Logs go to $OUT (the device tool's folder) or /tmp/rlvr-gpu/out.
 # Budget: RLVR_GPU_BUDGET_S (540 s) in all, so one device call of 600 s runs it and still prints the
@@ -73,6 +74,14 @@ for t in "$work"/cuda_*; do
     no_skip "$out/$name.log"
     summary+=("    $(grep -h '^test result' "$out/$name.log" | tail -n 1)")
 done
+
+# The command line end to end on the device: a logits dump through `stats`, and the training
+# loop's quick setting (candle model, fused ops and kernels on the GPU, metrics and plots).
+if [[ -x $work/rlvr ]]; then
+    step "rlvr example + stats --device cuda" rlvr_stats.log 60 bash -c \
+        "'$work/rlvr' -q example --out '$work/ex.safetensors' && '$work/rlvr' -q stats --device cuda --input '$work/ex.safetensors'"
+    step "rlvr train --quick --device cuda" rlvr_train.log 150 "$work/rlvr" -q train --quick --device cuda --out-dir "$work/runs"
+fi
 
 for b in "$work"/bench_*; do
     [[ -x $b ]] || continue
