@@ -8,7 +8,7 @@ pub fn rows(len: usize, vocab: usize) -> Result<usize> {
     if vocab == 0 {
         return Err(Error::EmptyVocab);
     }
-    if len % vocab != 0 {
+    if !len.is_multiple_of(vocab) {
         return Err(Error::ShapeMismatch {
             name: "logits",
             expected: format!("a multiple of V = {vocab} elements"),
@@ -59,7 +59,7 @@ pub fn finite(name: &'static str, xs: &[f32]) -> Result<()> {
 
 /// Number of sequences B of `n` tokens laid out as `[B, T]` with T = `seq_len`.
 pub fn sequences(n: usize, seq_len: usize) -> Result<usize> {
-    if seq_len == 0 || n % seq_len != 0 {
+    if seq_len == 0 || !n.is_multiple_of(seq_len) {
         return Err(Error::ShapeMismatch {
             name: "seq_len",
             expected: format!("a divisor of the token count N = {n} (tokens are [B, T])"),
@@ -74,7 +74,7 @@ pub fn groups(batch: usize, group: usize) -> Result<usize> {
     if group == 0 {
         return Err(Error::ZeroGroupSize);
     }
-    if batch % group != 0 {
+    if !batch.is_multiple_of(group) {
         return Err(Error::BatchNotDivisible { batch, group });
     }
     Ok(batch / group)

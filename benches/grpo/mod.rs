@@ -157,7 +157,7 @@ pub fn bench_grpo<E: Element + DeviceRepr + CudaDType>(
     peaks: &mut Vec<Peak>,
 ) -> BenchResult<()> {
     let (n, v) = (s.rows, s.vocab);
-    if n % SEQ_LEN != 0 || (n / SEQ_LEN) % GROUP != 0 {
+    if n % SEQ_LEN != 0 || !(n / SEQ_LEN).is_multiple_of(GROUP) {
         println!("grpo bench skipped: N = {n} is not a multiple of {}", SEQ_LEN * GROUP);
         return Ok(());
     }

@@ -280,7 +280,7 @@ impl TrainConfig {
         positive("prompts", self.prompts_per_step)?;
         positive("epochs", self.epochs)?;
         positive("minibatches", self.minibatches)?;
-        if self.prompts_per_step % self.minibatches != 0 {
+        if !self.prompts_per_step.is_multiple_of(self.minibatches) {
             return Err(invalid("minibatches", self.minibatches, "must divide --prompts (whole groups per update)"));
         }
         learning_rate("lr", self.lr)?;

@@ -40,7 +40,7 @@ impl ModelConfig {
         if self.d_model == 0 || self.layers == 0 || self.max_len == 0 {
             return bad("d_model/layers/max_len", 0, "must be >= 1");
         }
-        if self.heads == 0 || self.d_model % self.heads != 0 {
+        if self.heads == 0 || !self.d_model.is_multiple_of(self.heads) {
             return bad("heads", self.heads, "must be >= 1 and divide d_model");
         }
         Ok(())
