@@ -7,12 +7,12 @@
 
 mod grpo_cases;
 
-use grpo_cases::{case, data, dtype_rounding, Case, Tol};
+use grpo_cases::{case, check_grad, data, dispatch, Case, Tol};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rlvr_kernels::reference;
-use rlvr_kernels::{cpu, DType, Element, GrpoForward, CLIPPED, DUAL_CLIPPED};
+use rlvr_kernels::{cpu, Element, GrpoForward, CLIPPED, DUAL_CLIPPED};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
@@ -135,41 +135,7 @@ fn check_backward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
     prop_assert!(forward_bits(&fwd1) == forward_bits(&fwd), "forward depends on the thread count");
     prop_assert!(forward_bits(&again) == forward_bits(&fwd), "forward is not repeatable");
 
-    let r = reference::grpo_loss(&d.z64, v, &inp, &c.cfg).unwrap();
-    let want = reference::grpo_grad(&d.z64, v, &inp, &c.cfg).unwrap();
-    let (u, sub) = dtype_rounding(E::DTYPE);
-    let scale = c.grad_loss as f64;
-    for (k, (row, (got, want))) in d.z64.chunks(v).zip(grad.chunks(v).zip(want.chunks(v))).enumerate() {
-        if inp.mask[k] == 0.0 {
-            prop_assert!(got.iter().all(|x| x.to_f32() == 0.0), "masked row {k} is not zero");
-            continue;
-        }
-        let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, UNIT);
-        if tol.ambiguous {
-            continue;
-        }
-        for (j, (g, w)) in got.iter().zip(want).enumerate() {
-            // Output rounding: ≤ u·|v32| with |v32| ≤ |ref| + grad_row, plus underflow.
-            let w = scale * w;
-            let bound = u * w.abs() + (1.0 + u) * tol.grad_row + sub;
-            let g = g.to_f32() as f64;
-            prop_assert!((g - w).abs() <= bound, "dlogits[{k}, {j}]: cpu {g} vs reference {w} (tol {bound:e})");
-        }
-    }
-    Ok(())
-}
-
-fn dispatch(
-    c: &Case,
-    f32_: fn(&Case) -> Result<(), TestCaseError>,
-    bf: fn(&Case) -> Result<(), TestCaseError>,
-    h: fn(&Case) -> Result<(), TestCaseError>,
-) -> Result<(), TestCaseError> {
-    match c.dtype {
-        DType::F32 => f32_(c),
-        DType::BF16 => bf(c),
-        DType::F16 => h(c),
-    }
+    check_grad(c, &d, &grad, UNIT, "cpu")
 }
 
 proptest! {

@@ -23,7 +23,7 @@ mod grpo_cases;
 
 use std::sync::{Arc, OnceLock};
 
-use grpo_cases::{case, data, dtype_rounding, Case, Data, Offset, Tol};
+use grpo_cases::{case, check_grad, data, dispatch, Case, Data, Offset, Tol};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -257,45 +257,10 @@ fn backward_all_ways<E: Element + DeviceRepr + Default>(
 fn check_backward<E: Element + DeviceRepr + Default>(c: &Case) -> Result<(), TestCaseError> {
     let Some(s) = gpu_for_property() else { return Ok(()) };
     let d = data::<E>(c);
-    let inp = d.inputs(c);
     let dev = Device::new(&s, &d);
     let fwd = forward(&s, &dev, c);
     let grad = backward_all_ways(&s, &dev, c, &fwd)?;
-    let v = c.vocab;
-    let r = reference::grpo_loss(&d.z64, v, &inp, &c.cfg).unwrap();
-    let want = reference::grpo_grad(&d.z64, v, &inp, &c.cfg).unwrap();
-    let (u, sub) = dtype_rounding(E::DTYPE);
-    let scale = c.grad_loss as f64;
-    for (k, (row, (got, want))) in d.z64.chunks(v).zip(grad.chunks(v).zip(want.chunks(v))).enumerate() {
-        if inp.mask[k] == 0.0 {
-            prop_assert!(got.iter().all(|x| x.to_f32() == 0.0), "masked row {k} is not zero");
-            continue;
-        }
-        let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, UNIT);
-        if tol.ambiguous {
-            continue;
-        }
-        for (j, (g, w)) in got.iter().zip(want).enumerate() {
-            let w = scale * w;
-            let bound = u * w.abs() + (1.0 + u) * tol.grad_row + sub;
-            let g = g.to_f32() as f64;
-            prop_assert!((g - w).abs() <= bound, "dlogits[{k}, {j}]: cuda {g} vs reference {w} (tol {bound:e})");
-        }
-    }
-    Ok(())
-}
-
-fn dispatch(
-    c: &Case,
-    f32_: fn(&Case) -> Result<(), TestCaseError>,
-    bf: fn(&Case) -> Result<(), TestCaseError>,
-    h: fn(&Case) -> Result<(), TestCaseError>,
-) -> Result<(), TestCaseError> {
-    match c.dtype {
-        DType::F32 => f32_(c),
-        DType::BF16 => bf(c),
-        DType::F16 => h(c),
-    }
+    check_grad(c, &d, &grad, UNIT, "cuda")
 }
 
 proptest! {

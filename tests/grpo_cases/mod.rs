@@ -12,6 +12,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use rlvr_kernels::reference::{self, GrpoReference, SplitMix64};
 use rlvr_kernels::{
     AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoInputs, KlEstimator, KlPenalty, PositionShaping,
@@ -323,5 +324,49 @@ pub fn dtype_rounding(d: DType) -> (f64, f64) {
         DType::F32 => (2f64.powi(-24), 2f64.powi(-150)),
         DType::BF16 => (2f64.powi(-8), 2f64.powi(-134)),
         DType::F16 => (2f64.powi(-11), 2f64.powi(-25)),
+    }
+}
+
+/// dlogits of a fast path (`who`: "cpu", "cuda"), in the case's dtype, against
+/// `reference::grpo_grad` scaled by the case's ∂loss: masked rows exactly zero; elsewhere within
+/// the row's bound `Tol::grad_row` (tolerance `unit`) plus the output dtype's rounding, except
+/// where a clip or clamp decision is ambiguous at that tolerance.
+pub fn check_grad<E: Element>(c: &Case, d: &Data<E>, grad: &[E], unit: f64, who: &str) -> Result<(), TestCaseError> {
+    let (v, inp) = (c.vocab, d.inputs(c));
+    let r = reference::grpo_loss(&d.z64, v, &inp, &c.cfg).unwrap();
+    let want = reference::grpo_grad(&d.z64, v, &inp, &c.cfg).unwrap();
+    let (u, sub) = dtype_rounding(E::DTYPE);
+    let scale = c.grad_loss as f64;
+    for (k, (row, (got, want))) in d.z64.chunks(v).zip(grad.chunks(v).zip(want.chunks(v))).enumerate() {
+        if inp.mask[k] == 0.0 {
+            prop_assert!(got.iter().all(|x| x.to_f32() == 0.0), "masked row {k} is not zero");
+            continue;
+        }
+        let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, unit);
+        if tol.ambiguous {
+            continue;
+        }
+        for (j, (g, w)) in got.iter().zip(want).enumerate() {
+            // Output rounding: ≤ u·|v32| with |v32| ≤ |ref| + grad_row, plus underflow.
+            let w = scale * w;
+            let bound = u * w.abs() + (1.0 + u) * tol.grad_row + sub;
+            let g = g.to_f32() as f64;
+            prop_assert!((g - w).abs() <= bound, "dlogits[{k}, {j}]: {who} {g} vs reference {w} (tol {bound:e})");
+        }
+    }
+    Ok(())
+}
+
+/// Runs the check of the case's dtype.
+pub fn dispatch(
+    c: &Case,
+    f32_: fn(&Case) -> Result<(), TestCaseError>,
+    bf: fn(&Case) -> Result<(), TestCaseError>,
+    h: fn(&Case) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    match c.dtype {
+        DType::F32 => f32_(c),
+        DType::BF16 => bf(c),
+        DType::F16 => h(c),
     }
 }
