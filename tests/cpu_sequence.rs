@@ -7,140 +7,19 @@
 //! make log-PPL ties, a coarse grid, continuous values) and rewards (0/1, continuous, constant per
 //! group). `PROPTEST_CASES` overrides the default of 1000 cases per property.
 
+mod sequence_cases;
+
 use proptest::prelude::*;
 use rlvr_kernels::reference::{self, SplitMix64};
 use rlvr_kernels::{cpu, AdvantageConfig, Aggregation, Error, PositionShaping, PplShaping, Shaping};
+use sequence_cases::{adv, aggregation, check_shaped, ref_factors, shaping, widen, Batch, BOTH, EPS};
 
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000))
 }
 
-const EPS: f64 = f32::EPSILON as f64;
-
-/// A random `[B, T]` batch with B = groups·G, and per-sequence advantages and PPL weights for
-/// testing the shaping step on its own.
-#[derive(Debug, Clone)]
-struct Batch {
-    seq_len: usize,
-    group: usize,
-    mask: Vec<f32>,
-    logp: Vec<f32>,
-    rewards: Vec<f32>,
-    adv: Vec<f32>,
-    weights: Vec<f32>,
-}
-
-fn uniform(rng: &mut SplitMix64) -> f32 {
-    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-}
-
-impl Batch {
-    fn b(&self) -> usize {
-        self.rewards.len()
-    }
-
-    fn build(seq_len: usize, group: usize, groups: usize, seed: u64) -> Batch {
-        let mut rng = SplitMix64(seed);
-        let (reward_kind, logp_kind, adv_kind) = (rng.below(4), rng.below(3), rng.below(4));
-        let b = groups * group;
-        let mut batch =
-            Batch { seq_len, group, mask: vec![], logp: vec![], rewards: vec![], adv: vec![], weights: vec![] };
-        for _ in 0..groups {
-            let empty_group = rng.below(5) == 0;
-            let group_reward = rng.below(3) as f32 * 0.5;
-            for _ in 0..group {
-                let mask_kind = if empty_group { 0 } else { rng.below(5) };
-                let (start, len) = (rng.below(seq_len as u64) as usize, 1 + rng.below(seq_len as u64) as usize);
-                let constant = -(rng.below(4) as f32) * 0.5;
-                for t in 0..seq_len {
-                    batch.mask.push(match mask_kind {
-                        0 => 0.0,
-                        1 => 1.0,
-                        2 | 3 => (t >= start && t < start + len) as u8 as f32,
-                        _ => rng.below(2) as f32,
-                    });
-                    batch.logp.push(match logp_kind {
-                        0 => constant,
-                        1 => -(rng.below(64) as f32) / 8.0,
-                        _ => -10.0 * uniform(&mut rng),
-                    });
-                }
-                batch.rewards.push(match reward_kind {
-                    0 => rng.below(2) as f32,
-                    1 => 2.0 * uniform(&mut rng) - 0.5,
-                    2 => group_reward,
-                    _ => rng.below(5) as f32 / 4.0,
-                });
-                batch.adv.push(match (adv_kind, rng.below(6)) {
-                    (_, 0) => 0.0,
-                    (0, _) => 1e-30 * (uniform(&mut rng) - 0.5),
-                    (1, k) => k as f32 * 0.25 - 0.75,
-                    _ => 6.0 * uniform(&mut rng) - 3.0,
-                });
-                batch.weights.push(if rng.below(4) == 0 { 0.0 } else { 8.0 * uniform(&mut rng) - 4.0 });
-            }
-        }
-        assert_eq!(batch.mask.len(), b * seq_len);
-        batch
-    }
-}
-
 fn batch() -> impl Strategy<Value = Batch> {
     (1usize..=40, 1usize..=8, 0usize..=5, any::<u64>()).prop_map(|(t, g, n, seed)| Batch::build(t, g, n, seed))
-}
-
-/// Every shaping combination: off, default coefficients, non-default coefficients.
-fn shaping() -> impl Strategy<Value = Shaping> {
-    let ppl = prop_oneof![
-        Just(None),
-        Just(Some(PplShaping::default())),
-        (-5.0f32..5.0, 0.0f32..1.0, 1.0f32..2.0).prop_map(|(alpha, lo, hi)| Some(PplShaping { alpha, lo, hi })),
-    ];
-    let position = prop_oneof![
-        Just(None),
-        Just(Some(PositionShaping::default())),
-        (0.0f32..1.0, -60.0f32..60.0).prop_map(|(beta, kappa)| Some(PositionShaping { beta, kappa })),
-    ];
-    (ppl, position).prop_map(|(ppl, position)| Shaping { ppl, position })
-}
-
-fn aggregation() -> impl Strategy<Value = Aggregation> {
-    prop_oneof![
-        Just(Aggregation::TOKEN_MEAN),
-        (0.5f64..1000.0).prop_map(|g| Aggregation::TokenMean { global_tokens: Some(g) }),
-        Just(Aggregation::SeqMeanTokenMean),
-        Just(Aggregation::SeqMeanTokenSum),
-        (0.5f64..100.0).prop_map(|norm| Aggregation::SeqMeanTokenSumNorm { norm }),
-    ]
-}
-
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-/// The f64 PPL factor of each sequence, as the reference pipeline computes it (1 when PPL
-/// shaping is off).
-fn ref_factors(batch: &Batch, w: Option<&[f64]>, shaping: &Shaping) -> Vec<f64> {
-    (0..batch.b()).map(|i| shaping.ppl.zip(w).map_or(1.0, |(p, w)| reference::ppl_factor(w[i], &p))).collect()
-}
-
-/// Tolerance of a shaped advantage Ã = (A + sign(A)·b)·f against the f64 reference. The f32 path
-/// rounds A and f once each, and σ(κ(r − ½)) carries two roundings in its argument (whose effect
-/// σ(1−σ)|x|·2ε is below 0.23·2ε for every x) plus ≲ 3 ulp from exp, the add and the divide:
-/// |error of β·σ| ≤ 4εβ. With the final add and multiply, |error| ≤ ε·|f|·(4β + 3|A|); we allow
-/// twice that. Subnormal results (A ~ 1e-30 times tiny bonuses) get one f32 MIN_POSITIVE more.
-fn shape_tol(a: f64, factor: f64, shaping: &Shaping) -> f64 {
-    let beta = shaping.position.map_or(0.0, |p| p.beta as f64);
-    8.0 * EPS * factor.abs() * (beta + a.abs()) + f32::MIN_POSITIVE as f64
-}
-
-fn check_shaped(got: &[f32], want: &[f64], adv: &[f64], factors: &[f64], batch: &Batch, shaping: &Shaping) {
-    assert_eq!(got.len(), want.len());
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let i = k / batch.seq_len;
-        let tol = shape_tol(adv[i], factors[i], shaping);
-        assert!((g as f64 - w).abs() <= tol, "token {k}: cpu {g} vs reference {w} (tol {tol:e}), {shaping:?}");
-    }
 }
 
 proptest! {
@@ -207,7 +86,7 @@ proptest! {
         let (adv, w64) = (widen(&batch.adv), widen(&batch.weights));
         let w64 = shaping.ppl.map(|_| w64.as_slice());
         let want = reference::shape_advantages(&adv, &batch.mask, batch.seq_len, w64, &shaping).unwrap();
-        check_shaped(&got, &want, &adv, &ref_factors(&batch, w64, &shaping), &batch, &shaping);
+        check_shaped("cpu", &got, &want, &adv, &ref_factors(&batch, w64, &shaping), &batch, &shaping);
     }
 
     /// The fused pipeline against the reference pipeline; see [`shape_tol`] (A and the PPL factor
@@ -223,7 +102,7 @@ proptest! {
         let lp = reference::log_ppl(&batch.logp, &batch.mask, batch.seq_len).unwrap();
         let w = reference::ppl_weight(&lp, batch.group).unwrap();
         let factors = ref_factors(&batch, Some(&w), &shaping);
-        check_shaped(&got, &want, &adv, &factors, &batch, &shaping);
+        check_shaped("cpu", &got, &want, &adv, &factors, &batch, &shaping);
     }
 
     /// Aggregation weights, every mode: the same f64 weight rounded once (ε/2·|a|); an empty batch
@@ -370,15 +249,6 @@ fn position_bonus_hand_checked() {
         assert!((g as f64 - w).abs() <= 1e-7, "token {k}: {g} vs {w}");
     }
 }
-
-fn adv(g: usize) -> AdvantageConfig {
-    AdvantageConfig { group_size: g, scale_by_std: true }
-}
-
-const BOTH: Shaping = Shaping {
-    ppl: Some(PplShaping { alpha: 0.01, lo: 0.8, hi: 1.2 }),
-    position: Some(PositionShaping { beta: 0.1, kappa: 15.0 }),
-};
 
 #[test]
 fn batch_not_divisible_by_group_size() {

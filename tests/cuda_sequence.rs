@@ -4,8 +4,8 @@
 //! sequences longer than one 1024-token scan chunk, G at its limit, 10 bit-identical runs, and a
 //! small case for compute-sanitizer.
 //!
-//! Batches are those of tests/cpu_sequence.rs (empty sequences and groups, prompt/response/padding
-//! masks, log-prob ties, 0/1 and continuous rewards), with a few percent of long sequences (up to
+//! Batches are those of tests/sequence_cases, shared with tests/cpu_sequence.rs (empty sequences
+//! and groups, prompt/response/padding masks, log-prob ties, 0/1 and continuous rewards), with a few percent of long sequences (up to
 //! 2100 tokens: more than one scan chunk) and large groups (up to 300).
 //!
 //! Outputs are new zero-filled buffers written by the kernels: every function's output is
@@ -15,16 +15,16 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod sequence_cases;
 
 use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
 use rlvr_kernels::cuda::cudarc::driver::CudaStream;
 use rlvr_kernels::cuda::{self, Check};
-use rlvr_kernels::reference::{self, SplitMix64};
+use rlvr_kernels::reference;
 use rlvr_kernels::{cpu, AdvantageConfig, Aggregation, Error, PositionShaping, PplShaping, Shaping};
-
-const EPS: f64 = f32::EPSILON as f64;
+use sequence_cases::{adv, aggregation, check_shaped, ref_factors, shaping, widen, Batch, BOTH, EPS};
 
 fn gpu() -> Result<Arc<CudaStream>, String> {
     static GPU: OnceLock<Result<Arc<CudaStream>, String>> = OnceLock::new();
@@ -51,122 +51,10 @@ fn gpu_for_property() -> Option<Arc<CudaStream>> {
     s
 }
 
-/// A random `[B, T]` batch with B = groups·G (see the file comment).
-#[derive(Debug, Clone)]
-struct Batch {
-    seq_len: usize,
-    group: usize,
-    mask: Vec<f32>,
-    logp: Vec<f32>,
-    rewards: Vec<f32>,
-    adv: Vec<f32>,
-    weights: Vec<f32>,
-}
-
-fn uniform(rng: &mut SplitMix64) -> f32 {
-    (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-}
-
-impl Batch {
-    fn build(seq_len: usize, group: usize, groups: usize, seed: u64) -> Batch {
-        let mut rng = SplitMix64(seed);
-        let (reward_kind, logp_kind, adv_kind) = (rng.below(4), rng.below(3), rng.below(4));
-        let mut b = Batch { seq_len, group, mask: vec![], logp: vec![], rewards: vec![], adv: vec![], weights: vec![] };
-        for _ in 0..groups {
-            let empty_group = rng.below(5) == 0;
-            let group_reward = rng.below(3) as f32 * 0.5;
-            for _ in 0..group {
-                let mask_kind = if empty_group { 0 } else { rng.below(5) };
-                let (start, len) = (rng.below(seq_len as u64) as usize, 1 + rng.below(seq_len as u64) as usize);
-                let constant = -(rng.below(4) as f32) * 0.5;
-                for t in 0..seq_len {
-                    b.mask.push(match mask_kind {
-                        0 => 0.0,
-                        1 => 1.0,
-                        2 | 3 => (t >= start && t < start + len) as u8 as f32,
-                        _ => rng.below(2) as f32,
-                    });
-                    b.logp.push(match logp_kind {
-                        0 => constant,
-                        1 => -(rng.below(64) as f32) / 8.0,
-                        _ => -10.0 * uniform(&mut rng),
-                    });
-                }
-                b.rewards.push(match reward_kind {
-                    0 => rng.below(2) as f32,
-                    1 => 2.0 * uniform(&mut rng) - 0.5,
-                    2 => group_reward,
-                    _ => rng.below(5) as f32 / 4.0,
-                });
-                b.adv.push(match (adv_kind, rng.below(6)) {
-                    (_, 0) => 0.0,
-                    (0, _) => 1e-30 * (uniform(&mut rng) - 0.5),
-                    (1, k) => k as f32 * 0.25 - 0.75,
-                    _ => 6.0 * uniform(&mut rng) - 3.0,
-                });
-                b.weights.push(if rng.below(4) == 0 { 0.0 } else { 8.0 * uniform(&mut rng) - 4.0 });
-            }
-        }
-        b
-    }
-
-    fn b(&self) -> usize {
-        self.rewards.len()
-    }
-}
-
 fn batch() -> impl Strategy<Value = Batch> {
     let t = prop_oneof![19 => 1usize..=40, 1 => 1000usize..=2100];
     let g = prop_oneof![19 => 1usize..=8, 1 => 9usize..=300];
     (t, g, 0usize..=5, any::<u64>()).prop_map(|(t, g, n, seed)| Batch::build(t, g, n.min(1 + 4000 / (t * g)), seed))
-}
-
-fn shaping() -> impl Strategy<Value = Shaping> {
-    let ppl = prop_oneof![
-        Just(None),
-        Just(Some(PplShaping::default())),
-        (-5.0f32..5.0, 0.0f32..1.0, 1.0f32..2.0).prop_map(|(alpha, lo, hi)| Some(PplShaping { alpha, lo, hi })),
-    ];
-    let position = prop_oneof![
-        Just(None),
-        Just(Some(PositionShaping::default())),
-        (0.0f32..1.0, -60.0f32..60.0).prop_map(|(beta, kappa)| Some(PositionShaping { beta, kappa })),
-    ];
-    (ppl, position).prop_map(|(ppl, position)| Shaping { ppl, position })
-}
-
-fn aggregation() -> impl Strategy<Value = Aggregation> {
-    prop_oneof![
-        Just(Aggregation::TOKEN_MEAN),
-        (0.5f64..1000.0).prop_map(|g| Aggregation::TokenMean { global_tokens: Some(g) }),
-        Just(Aggregation::SeqMeanTokenMean),
-        Just(Aggregation::SeqMeanTokenSum),
-        (0.5f64..100.0).prop_map(|norm| Aggregation::SeqMeanTokenSumNorm { norm }),
-    ]
-}
-
-fn widen(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| x as f64).collect()
-}
-
-fn ref_factors(b: &Batch, w: Option<&[f64]>, shaping: &Shaping) -> Vec<f64> {
-    (0..b.b()).map(|i| shaping.ppl.zip(w).map_or(1.0, |(p, w)| reference::ppl_factor(w[i], &p))).collect()
-}
-
-/// The tolerance of tests/cpu_sequence.rs for a shaped advantage: ε·|f|·(4β + 3|A|), doubled, plus
-/// one f32 MIN_POSITIVE (CUDA's expf is within 2 ulp, like std's).
-fn shape_tol(a: f64, factor: f64, shaping: &Shaping) -> f64 {
-    let beta = shaping.position.map_or(0.0, |p| p.beta as f64);
-    8.0 * EPS * factor.abs() * (beta + a.abs()) + f32::MIN_POSITIVE as f64
-}
-
-fn check_shaped(got: &[f32], want: &[f64], adv: &[f64], factors: &[f64], b: &Batch, shaping: &Shaping) {
-    assert_eq!(got.len(), want.len());
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let i = k / b.seq_len;
-        let tol = shape_tol(adv[i], factors[i], shaping);
-        assert!((g as f64 - w).abs() <= tol, "token {k}: cuda {g} vs reference {w} (tol {tol:e}), {shaping:?}");
-    }
 }
 
 proptest! {
@@ -230,7 +118,7 @@ proptest! {
         let (adv, w64) = (widen(&b.adv), widen(&b.weights));
         let w64 = shaping.ppl.map(|_| w64.as_slice());
         let want = reference::shape_advantages(&adv, &b.mask, b.seq_len, w64, &shaping).unwrap();
-        check_shaped(&got, &want, &adv, &ref_factors(&b, w64, &shaping), &b, &shaping);
+        check_shaped("cuda", &got, &want, &adv, &ref_factors(&b, w64, &shaping), &b, &shaping);
     }
 
     /// The fused pipeline against the reference pipeline; see [`shape_tol`].
@@ -243,7 +131,7 @@ proptest! {
         let want = reference::token_advantages(r, l, m, t, &cfg, &shaping).unwrap();
         let adv = reference::grpo_advantages(&b.rewards, &cfg).unwrap();
         let w = reference::ppl_weight(&reference::log_ppl(l, m, t).unwrap(), b.group).unwrap();
-        check_shaped(&got, &want, &adv, &ref_factors(&b, Some(&w), &shaping), &b, &shaping);
+        check_shaped("cuda", &got, &want, &adv, &ref_factors(&b, Some(&w), &shaping), &b, &shaping);
     }
 
     /// Every mode: the CPU's bits (exact counts, the same f64 expression rounded once), so ε/2·|a|
@@ -268,15 +156,6 @@ fn skip_message_or_device() {
         Err(why) => println!("skipping all CUDA tests: no CUDA device ({why})"),
     }
 }
-
-fn adv(g: usize) -> AdvantageConfig {
-    AdvantageConfig { group_size: g, scale_by_std: true }
-}
-
-const BOTH: Shaping = Shaping {
-    ppl: Some(PplShaping { alpha: 0.01, lo: 0.8, hi: 1.2 }),
-    position: Some(PositionShaping { beta: 0.1, kappa: 15.0 }),
-};
 
 /// Bad input gives the CPU's error (compared by Debug: the values may be NaN), one fault at a time.
 #[test]
@@ -379,7 +258,7 @@ fn large_batches_and_repeated_runs() {
         let want = reference::token_advantages(r, l, m, t, &cfg, &BOTH).unwrap();
         let a = reference::grpo_advantages(r, &cfg).unwrap();
         let w = reference::ppl_weight(&reference::log_ppl(l, m, t).unwrap(), g).unwrap();
-        check_shaped(&got, &want, &a, &ref_factors(&b, Some(&w), &BOTH), &b, &BOTH);
+        check_shaped("cuda", &got, &want, &a, &ref_factors(&b, Some(&w), &BOTH), &b, &BOTH);
         let up = |v: &[f32]| s.clone_htod(v).unwrap();
         let (dr, dl, dm) = (up(r), up(l), up(m));
         let (rv, lv, mv) = (dr.as_view(), dl.as_view(), dm.as_view());
@@ -436,5 +315,5 @@ fn sanitizer_small_case() {
     let want = reference::token_advantages(&b.rewards, &b.logp, &b.mask, t, &cfg, &BOTH).unwrap();
     let a = reference::grpo_advantages(&b.rewards, &cfg).unwrap();
     let w = reference::ppl_weight(&reference::log_ppl(&b.logp, &b.mask, t).unwrap(), 5).unwrap();
-    check_shaped(&got, &want, &a, &ref_factors(&b, Some(&w), &BOTH), &b, &BOTH);
+    check_shaped("cuda", &got, &want, &a, &ref_factors(&b, Some(&w), &BOTH), &b, &BOTH);
 }
