@@ -5,8 +5,9 @@
 //! small case for compute-sanitizer.
 //!
 //! Batches are those of tests/sequence_cases, shared with tests/cpu_sequence.rs (empty sequences
-//! and groups, prompt/response/padding masks, log-prob ties, 0/1 and continuous rewards), with a few percent of long sequences (up to
-//! 2100 tokens: more than one scan chunk) and large groups (up to 300).
+//! and groups, prompt/response/padding masks, log-prob ties, 0/1 and continuous rewards), with a
+//! few percent of long sequences (up to 2100 tokens: more than one scan chunk) and large groups
+//! (up to 300).
 //!
 //! Outputs are new zero-filled buffers written by the kernels: every function's output is
 //! compared in full, and its zeros are the documented values of masked entries.
