@@ -2,17 +2,17 @@
 //! `reference::grpo_grad`) on the same, dtype-rounded logits (bad input: tests/cpu_grpo_errors.rs).
 //!
 //! Tolerances come from one unit, `UNIT` = 2^-18, times the magnitudes that an f32 computation
-//! of that quantity rounds (derived next to each formula in `Tol::new`). Injected bugs (a wrong
+//! of that quantity rounds (derived next to each formula in `Tol::new`, tests/grpo_cases, which
+//! also holds the comparisons shared with the CUDA tests). Injected bugs (a wrong
 //! sign, factor, clamp or branch) show far above these bounds.
 
 mod grpo_cases;
 
-use grpo_cases::{case, check_grad, data, dispatch, Case, Tol};
+use grpo_cases::{bits, case, check_forward_values, check_grad, data, dispatch, forward_bits, Case};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use rlvr_kernels::reference;
-use rlvr_kernels::{cpu, Element, GrpoForward, CLIPPED, DUAL_CLIPPED};
+use rlvr_kernels::{cpu, Element};
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
@@ -30,82 +30,10 @@ const UNIT: f64 = 1.0 / (1u64 << 18) as f64;
 // Properties
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! close {
-    ($what:expr, $k:expr, $got:expr, $want:expr, $tol:expr) => {{
-        let (got, want, tol) = ($got as f64, $want as f64, $tol as f64);
-        prop_assert!(
-            (got - want).abs() <= tol,
-            "{} of token {}: cpu {} vs reference {} (tol {:e})",
-            $what,
-            $k,
-            got,
-            want,
-            tol
-        );
-    }};
-}
-
 fn check_forward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
     let d = data::<E>(c);
-    let inp = d.inputs(c);
-    let fwd = cpu::grpo_forward(&d.logits, c.vocab, &inp, &c.cfg).expect("valid input");
-    let r = reference::grpo_loss(&d.z64, c.vocab, &inp, &c.cfg).expect("valid input");
-    let mut loss_tol = UNIT * r.loss.abs();
-    for (k, row) in d.z64.chunks(c.vocab).enumerate() {
-        let t = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, UNIT);
-        let tk = &r.tokens[k];
-        close!("lse", k, fwd.saved.lse[k], r.lse[k], t.lse);
-        close!("logp", k, fwd.logp[k], r.logp[k], t.logp);
-        close!("entropy", k, fwd.saved.entropy[k], r.entropy[k], t.entropy);
-        close!("ratio", k, fwd.ratio[k], tk.ratio, t.ratio);
-        close!("token_loss", k, fwd.token_loss[k], tk.total, t.total);
-        if let Some(kl) = &fwd.kl {
-            close!("kl", k, kl[k], tk.kl, t.kl);
-        }
-        if let (Some(b), Some(top_p)) = (&fwd.branch, c.cfg.top_p) {
-            let (lo, hi) = reference::branch_band(row, c.cfg.temperature as f64, top_p as f64);
-            prop_assert!((lo..=hi).contains(&b[k]), "branch of token {k}: {} not in [{lo}, {hi}]", b[k]);
-        }
-        close!(
-            "grad_entropy",
-            k,
-            fwd.saved.grad_entropy[k],
-            -r.weights[k] * c.cfg.entropy_coef as f64,
-            2.0 * UNIT * r.weights[k]
-        );
-        if inp.mask[k] == 0.0 {
-            prop_assert_eq!(fwd.saved.grad_logp[k], 0.0);
-            continue;
-        }
-        loss_tol += r.weights[k] * (t.total + UNIT * tk.total.abs());
-        if !t.ambiguous {
-            let flags = if tk.clipped { CLIPPED } else { 0 } | if tk.dual_clipped { DUAL_CLIPPED } else { 0 };
-            prop_assert_eq!(fwd.clip_flags[k], flags, "clip flags of token {}", k);
-            close!("grad_logp", k, fwd.saved.grad_logp[k], r.weights[k] * tk.dtotal_dlogp, t.g);
-        }
-    }
-    prop_assert_eq!(fwd.kl.is_some(), c.cfg.kl.is_some());
-    prop_assert_eq!(fwd.branch.is_some(), c.cfg.top_p.is_some());
-    if d.mask.iter().all(|&m| m == 0.0) {
-        prop_assert_eq!(fwd.loss, 0.0, "an empty batch has loss 0");
-    }
-    close!("loss", "all", fwd.loss, r.loss, loss_tol);
-    Ok(())
-}
-
-fn bits<E: Element>(v: &[E]) -> Vec<u8> {
-    bytemuck::cast_slice(v).to_vec()
-}
-
-fn forward_bits(f: &GrpoForward) -> Vec<u32> {
-    let s = &f.saved;
-    let vecs = [&f.token_loss, &f.logp, &f.ratio, &s.lse, &s.entropy, &s.grad_logp, &s.grad_entropy];
-    let mut out: Vec<u32> = vecs.iter().flat_map(|v| v.iter().map(|x| x.to_bits())).collect();
-    out.push(f.loss.to_bits());
-    out.extend(f.clip_flags.iter().map(|&b| b as u32));
-    out.extend(f.kl.iter().flatten().map(|x| x.to_bits()));
-    out.extend(f.branch.iter().flatten());
-    out
+    let fwd = cpu::grpo_forward(&d.logits, c.vocab, &d.inputs(c), &c.cfg).expect("valid input");
+    check_forward_values(c, &d, &fwd, UNIT, "cpu")
 }
 
 fn single_thread() -> &'static rayon::ThreadPool {

@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rlvr_kernels::reference::{self, GrpoReference, SplitMix64};
 use rlvr_kernels::{
-    AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoInputs, KlEstimator, KlPenalty, PositionShaping,
-    PplShaping, Shaping,
+    AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoForward, GrpoInputs, KlEstimator, KlPenalty,
+    PositionShaping, PplShaping, Shaping, CLIPPED, DUAL_CLIPPED,
 };
 
 /// How far ℓ_old (or ℓ_ref) lies from the current ℓ: inside the clip range, outside it, beyond
@@ -369,4 +369,90 @@ pub fn dispatch(
         DType::BF16 => bf(c),
         DType::F16 => h(c),
     }
+}
+
+macro_rules! close {
+    ($who:expr, $what:expr, $k:expr, $got:expr, $want:expr, $tol:expr) => {{
+        let (got, want, tol) = ($got as f64, $want as f64, $tol as f64);
+        prop_assert!(
+            (got - want).abs() <= tol,
+            "{} of token {}: {} {} vs reference {} (tol {:e})",
+            $what,
+            $k,
+            $who,
+            got,
+            want,
+            tol
+        );
+    }};
+}
+
+/// The forward of a fast path (`who`: "cpu", "cuda"), on the host, against
+/// `reference::grpo_loss`: every per-token output and saved scalar within its bound of
+/// [`Tol`] (tolerance `unit`), the branch count in the band of DESIGN.md §4, clip flags where the
+/// decision is unambiguous, masked tokens' saved gradient 0 and no stray flag bits, and the loss
+/// within the weighted sum of the per-token bounds (0 for an empty batch).
+pub fn check_forward_values<E: Element>(
+    c: &Case,
+    d: &Data<E>,
+    fwd: &GrpoForward,
+    unit: f64,
+    who: &str,
+) -> Result<(), TestCaseError> {
+    let inp = d.inputs(c);
+    let r = reference::grpo_loss(&d.z64, c.vocab, &inp, &c.cfg).expect("valid input");
+    let mut loss_tol = unit * r.loss.abs();
+    for (k, row) in d.z64.chunks(c.vocab).enumerate() {
+        let t = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, unit);
+        let tk = &r.tokens[k];
+        close!(who, "lse", k, fwd.saved.lse[k], r.lse[k], t.lse);
+        close!(who, "logp", k, fwd.logp[k], r.logp[k], t.logp);
+        close!(who, "entropy", k, fwd.saved.entropy[k], r.entropy[k], t.entropy);
+        close!(who, "ratio", k, fwd.ratio[k], tk.ratio, t.ratio);
+        close!(who, "token_loss", k, fwd.token_loss[k], tk.total, t.total);
+        if let Some(kl) = &fwd.kl {
+            close!(who, "kl", k, kl[k], tk.kl, t.kl);
+        }
+        if let (Some(b), Some(top_p)) = (&fwd.branch, c.cfg.top_p) {
+            let (lo, hi) = reference::branch_band(row, c.cfg.temperature as f64, top_p as f64);
+            prop_assert!((lo..=hi).contains(&b[k]), "branch of token {k}: {} not in [{lo}, {hi}]", b[k]);
+        }
+        let want_h = -r.weights[k] * c.cfg.entropy_coef as f64;
+        close!(who, "grad_entropy", k, fwd.saved.grad_entropy[k], want_h, 2.0 * unit * r.weights[k]);
+        if inp.mask[k] == 0.0 {
+            prop_assert_eq!(fwd.saved.grad_logp[k], 0.0);
+            prop_assert_eq!(fwd.clip_flags[k] & !(CLIPPED | DUAL_CLIPPED), 0);
+            continue;
+        }
+        loss_tol += r.weights[k] * (t.total + unit * tk.total.abs());
+        if !t.ambiguous {
+            let flags = if tk.clipped { CLIPPED } else { 0 } | if tk.dual_clipped { DUAL_CLIPPED } else { 0 };
+            prop_assert_eq!(fwd.clip_flags[k], flags, "clip flags of token {}", k);
+            close!(who, "grad_logp", k, fwd.saved.grad_logp[k], r.weights[k] * tk.dtotal_dlogp, t.g);
+        }
+    }
+    prop_assert_eq!(fwd.kl.is_some(), c.cfg.kl.is_some());
+    prop_assert_eq!(fwd.branch.is_some(), c.cfg.top_p.is_some());
+    if d.mask.iter().all(|&m| m == 0.0) {
+        prop_assert_eq!(fwd.loss, 0.0, "an empty batch has loss 0");
+    }
+    close!(who, "loss", "all", fwd.loss, r.loss, loss_tol);
+    Ok(())
+}
+
+/// The bytes of a dlogits buffer (for bit-identity checks).
+pub fn bits<E: Element>(v: &[E]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// Every output of a forward as bits (for bit-identity checks).
+pub fn forward_bits(f: &GrpoForward) -> Vec<u32> {
+    let s = &f.saved;
+    let vecs = [&f.token_loss, &f.logp, &f.ratio, &s.lse, &s.entropy, &s.grad_logp, &s.grad_entropy];
+    let mut out: Vec<u32> = vecs.iter().flat_map(|v| v.iter().map(|x| x.to_bits())).collect();
+    out.push(f.loss.to_bits());
+    out.extend(f.clip_flags.iter().map(|&b| b as u32));
+    out.extend(f.kl.iter().flatten().map(|x| x.to_bits()));
+    out.extend(f.branch.iter().flatten());
+    out
 }
