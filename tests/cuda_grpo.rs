@@ -19,9 +19,12 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod gpu_env;
+
+use gpu_env::{gpu_for_property, gpu_or_skip};
 mod grpo_cases;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use grpo_cases::{bits, case, check_forward_values, check_grad, data, dispatch, forward_bits, Case, Data, Offset};
 use half::{bf16, f16};
@@ -35,21 +38,6 @@ use rlvr_kernels::{
 };
 
 const UNIT: f64 = 1.0 / (1u64 << 15) as f64;
-
-fn gpu() -> Result<Arc<CudaStream>, String> {
-    static GPU: OnceLock<Result<Arc<CudaStream>, String>> = OnceLock::new();
-    GPU.get_or_init(|| cuda::open_stream(0).map_err(|e| e.to_string())).clone()
-}
-
-fn gpu_or_skip(test: &str) -> Option<Arc<CudaStream>> {
-    match gpu() {
-        Ok(s) => Some(s),
-        Err(why) => {
-            println!("skipping {test}: no CUDA device ({why})");
-            None
-        }
-    }
-}
 
 /// The per-token inputs of a case on the device.
 struct Device<E> {
@@ -119,16 +107,6 @@ fn forward<E: Element + DeviceRepr>(s: &Arc<CudaStream>, dev: &Device<E>, c: &Ca
     poison(s, &mut out);
     cuda::grpo_forward_into(s, &dev.logits.as_view(), c.vocab, &dev.inputs(c), &c.cfg, &mut out).unwrap();
     out
-}
-
-/// The stream, or `None` after saying once that the property tests skip.
-fn gpu_for_property() -> Option<Arc<CudaStream>> {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    let s = gpu().ok();
-    if s.is_none() {
-        SAID.call_once(|| drop(gpu_or_skip("the property tests")));
-    }
-    s
 }
 
 fn check_forward<E: Element + DeviceRepr>(c: &Case) -> Result<(), TestCaseError> {
@@ -213,10 +191,7 @@ proptest! {
 
 #[test]
 fn skip_message_or_device() {
-    match gpu() {
-        Ok(s) => println!("CUDA device: {:?}", s.context().name()),
-        Err(why) => println!("skipping all CUDA tests: no CUDA device ({why})"),
-    }
+    gpu_env::say_device();
 }
 
 /// A case with every option on (KL k3, dual clip, entropy bonus, both shapings, per-sequence

@@ -16,41 +16,16 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod gpu_env;
+
+use gpu_env::{gpu_for_property, gpu_or_skip};
 mod sequence_cases;
 
-use std::sync::{Arc, OnceLock};
-
 use proptest::prelude::*;
-use rlvr_kernels::cuda::cudarc::driver::CudaStream;
 use rlvr_kernels::cuda::{self, Check};
 use rlvr_kernels::reference;
 use rlvr_kernels::{cpu, AdvantageConfig, Aggregation, Error, PositionShaping, PplShaping, Shaping};
 use sequence_cases::{adv, aggregation, check_shaped, ref_factors, shaping, widen, Batch, BOTH, EPS};
-
-fn gpu() -> Result<Arc<CudaStream>, String> {
-    static GPU: OnceLock<Result<Arc<CudaStream>, String>> = OnceLock::new();
-    GPU.get_or_init(|| cuda::open_stream(0).map_err(|e| e.to_string())).clone()
-}
-
-fn gpu_or_skip(test: &str) -> Option<Arc<CudaStream>> {
-    match gpu() {
-        Ok(s) => Some(s),
-        Err(why) => {
-            println!("skipping {test}: no CUDA device ({why})");
-            None
-        }
-    }
-}
-
-/// The stream, or `None` after saying once that the property tests skip.
-fn gpu_for_property() -> Option<Arc<CudaStream>> {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    let s = gpu().ok();
-    if s.is_none() {
-        SAID.call_once(|| drop(gpu_or_skip("the property tests")));
-    }
-    s
-}
 
 fn batch() -> impl Strategy<Value = Batch> {
     let t = prop_oneof![19 => 1usize..=40, 1 => 1000usize..=2100];
@@ -152,10 +127,7 @@ proptest! {
 
 #[test]
 fn skip_message_or_device() {
-    match gpu() {
-        Ok(s) => println!("CUDA device: {:?}", s.context().name()),
-        Err(why) => println!("skipping all CUDA tests: no CUDA device ({why})"),
-    }
+    gpu_env::say_device();
 }
 
 /// Bad input gives the CPU's error (compared by Debug: the values may be NaN), one fault at a time.

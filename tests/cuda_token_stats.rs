@@ -17,8 +17,11 @@
 #![cfg(feature = "cuda")]
 
 mod common;
+mod gpu_env;
 
-use std::sync::{Arc, OnceLock};
+use gpu_env::{gpu, gpu_or_skip};
+
+use std::sync::Arc;
 
 use common::{config, logits_spec, round_to, temperature, top_p, LogitsSpec, RowKind};
 use half::{bf16, f16};
@@ -29,23 +32,6 @@ use rlvr_kernels::{reference, Element, Error, TokenStats, TokenStatsConfig};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64;
 const EPS_EXP: f64 = 1.0 / (1u64 << 21) as f64;
-
-/// The device stream shared by all tests, or why there is none.
-fn gpu() -> Result<Arc<CudaStream>, String> {
-    static GPU: OnceLock<Result<Arc<CudaStream>, String>> = OnceLock::new();
-    GPU.get_or_init(|| cuda::open_stream(0).map_err(|e| e.to_string())).clone()
-}
-
-/// The stream, or `None` after printing why the test is skipped.
-fn gpu_or_skip(test: &str) -> Option<Arc<CudaStream>> {
-    match gpu() {
-        Ok(s) => Some(s),
-        Err(why) => {
-            println!("skipping {test}: no CUDA device ({why})");
-            None
-        }
-    }
-}
 
 /// First-order error bounds of one row (see the file comment).
 struct Tol {
@@ -193,11 +179,7 @@ proptest! {
 
 #[test]
 fn skip_message_or_device() {
-    // The one test that always says what happened, so a CPU-only run shows why nothing ran.
-    match gpu() {
-        Ok(s) => println!("CUDA device: {:?}", s.context().name()),
-        Err(why) => println!("skipping all CUDA tests: no CUDA device ({why})"),
-    }
+    gpu_env::say_device();
 }
 
 fn spec(kind: RowKind, rows: usize, vocab: usize, seed: u64) -> LogitsSpec {
