@@ -11,10 +11,9 @@
 //! Determinism: rows are independent and the scalar loss is summed in f64 in token order after
 //! the parallel part, so results are bit-identical for any thread count.
 
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::math::{self, SimdKernel, BLOCK};
+use super::math::{self, SimdKernel, BLOCK, LN_P_FLOOR};
 use super::sequence::aggregation_weights;
 use super::token_stats::{row_stats, RowOut, Scratch};
 use crate::config::{check_temperature, GrpoConfig, KlEstimator};
@@ -27,8 +26,6 @@ use crate::validate;
 const LOG_CLAMP: f32 = 20.0;
 /// The k3 estimator's value clamp.
 const K3_CAP: f32 = 10.0;
-/// exp(−200) is 0 in f32: flooring ln p there keeps −inf logits at p = 0 without 0·∞ = NaN.
-const LN_P_FLOOR: f32 = -200.0;
 /// Rows are grouped so that one rayon task covers at least this many logits: for small V the
 /// per-task overhead would otherwise dominate the O(V) row work.
 const MIN_ELEMS_PER_TASK: usize = 1 << 14;
@@ -296,11 +293,7 @@ fn backward_block<E: Element, const FMA: bool>(k: &RowCoef, src: Option<&[E]>, o
     let dz = &mut s.dz[..out.len()];
     let zb = math::widen(src.unwrap_or(out), &mut s.wide);
     dz.iter_mut().zip(zb).for_each(|(d, &z)| *d = k.off_target::<FMA>(z));
-    match E::DTYPE {
-        DType::BF16 => bytemuck::cast_slice_mut::<E, half::bf16>(out).convert_from_f32_slice(dz),
-        DType::F16 => bytemuck::cast_slice_mut::<E, half::f16>(out).convert_from_f32_slice(dz),
-        DType::F32 => bytemuck::cast_slice_mut::<E, f32>(out).copy_from_slice(dz),
-    }
+    math::narrow(dz, out);
 }
 
 /// Checks of every backward input; returns N.

@@ -90,6 +90,21 @@ pub(crate) fn widen<'a, E: Element>(src: &'a [E], buf: &'a mut [f32]) -> &'a [f3
     dst
 }
 
+/// An f32 block back to the logits dtype `out` (round to nearest even; vectorised conversions for
+/// bf16/f16): the inverse of [`widen`], for gradient rows.
+#[inline(always)]
+pub(crate) fn narrow<E: Element>(src: &[f32], out: &mut [E]) {
+    match E::DTYPE {
+        DType::BF16 => bytemuck::cast_slice_mut::<E, half::bf16>(out).convert_from_f32_slice(src),
+        DType::F16 => bytemuck::cast_slice_mut::<E, half::f16>(out).convert_from_f32_slice(src),
+        DType::F32 => bytemuck::cast_slice_mut::<E, f32>(out).copy_from_slice(src),
+    }
+}
+
+/// exp(−200) is 0 in f32: flooring ln p there keeps −inf logits at p = 0 without 0·∞ = NaN (every
+/// gradient and entropy path that forms p·ln p).
+pub(crate) const LN_P_FLOOR: f32 = -200.0;
+
 /// Sums 16 lanes in a fixed tree order (8+8, 4+4, 2+2, 1+1): deterministic, log₂16 = 4
 /// roundings deep.
 #[inline(always)]

@@ -17,13 +17,11 @@ use candle_core::{DType, Tensor, D};
 use super::{check, GrpoLossInputs, GrpoLossOutput, TokenStatsOutput};
 use crate::config::{GrpoConfig, KlEstimator, TokenStatsConfig};
 use crate::cpu;
+use crate::cpu::math::LN_P_FLOOR;
 use crate::error::{Error, Result};
 use crate::reference;
 use crate::validate;
 
-/// ln p below this is floored in the entropy sum: there p = 0 in f32 (e^−104 is already 0), and
-/// the floor keeps a −inf logit's 0·ln 0 at 0 (not NaN) in the forward and in autograd.
-const LN_P_FLOOR: f32 = -200.0;
 /// The ratio's log-domain clamp and the k3 estimator's u clamp (DESIGN.md §4).
 const LOG_CLAMP: f32 = 20.0;
 /// The k3 estimator's value clamp.

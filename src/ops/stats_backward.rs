@@ -13,15 +13,12 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape};
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use super::token_stats::{offsets, unsupported};
-use crate::cpu::math::{self, SimdKernel, BLOCK};
-use crate::element::{DType, Element};
+use crate::cpu::math::{self, SimdKernel, BLOCK, LN_P_FLOOR};
+use crate::element::Element;
 
-/// exp(−200) is 0 in f32: flooring ln p there keeps −inf logits at p = 0 without 0·∞ = NaN.
-pub(crate) const LN_P_FLOOR: f32 = -200.0;
 /// Rows are grouped so that one rayon task covers at least this many logits.
 const MIN_ELEMS_PER_TASK: usize = 1 << 14;
 
@@ -182,21 +179,11 @@ impl<E: Element> SimdKernel for BackwardRow<'_, E> {
             let dz = &mut scratch.dz[..out.len()];
             let z = math::widen(zb, &mut scratch.wide);
             dz.iter_mut().zip(z).for_each(|(d, &z)| *d = k.off_target::<FMA>(z));
-            narrow(dz, out);
+            math::narrow(dz, out);
         }
         if let Some(y) = target {
             dst[y] = E::from_f32(k.target::<FMA>(src[y].to_f32()));
         }
-    }
-}
-
-/// f32 block → the logits dtype (round to nearest even; vectorised conversions for bf16/f16).
-#[inline(always)]
-fn narrow<E: Element>(src: &[f32], out: &mut [E]) {
-    match E::DTYPE {
-        DType::BF16 => bytemuck::cast_slice_mut::<E, half::bf16>(out).convert_from_f32_slice(src),
-        DType::F16 => bytemuck::cast_slice_mut::<E, half::f16>(out).convert_from_f32_slice(src),
-        DType::F32 => bytemuck::cast_slice_mut::<E, f32>(out).copy_from_slice(src),
     }
 }
 

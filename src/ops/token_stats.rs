@@ -215,7 +215,7 @@ pub(crate) fn composed_backward(
 ) -> candle_core::Result<Tensor> {
     let col = |t: &Tensor, i: usize| t.get(i)?.unsqueeze(D::Minus1);
     let x = (z.to_dtype(DType::F32)? * inv_t as f64)?;
-    let lp = x.broadcast_sub(&col(res, 0)?)?.maximum(super::stats_backward::LN_P_FLOOR)?;
+    let lp = x.broadcast_sub(&col(res, 0)?)?.maximum(crate::cpu::math::LN_P_FLOOR)?;
     let p = lp.exp()?;
     let (a, b) = (col(grad, 0)?, col(grad, 1)?);
     // Without targets there is no logp output and no logp term.
