@@ -13,6 +13,9 @@
 //!   H = ln S − W/S with W = Σ d_i e_i: |ΔW|/S ≤ E_p|d|·(ε_exp + 40u) + 3u·E_p[d²], so
 //!   H within δ_S·(1 + E_p|d|) + that + u·|H|.
 //!
+//! bf16/f16 rows go through a histogram of bit patterns (one f32 `exp` per distinct value, f64
+//! sums): each term has the error above and the sums less, so the same bounds hold.
+//!
 //! Each tolerance is this first-order bound times 2 (for second-order terms) plus 1e−7 absolute
 //! (f64 → f32 output rounding near 0). The branch count must lie in `reference::branch_band`
 //! (DESIGN.md §4: mass within p·(1 ± 1e−5) is below f32 resolution).
@@ -193,6 +196,20 @@ fn stats(logits: &[f32], vocab: usize, targets: Option<&[u32]>, cfg: TokenStatsC
     cpu::token_stats(logits, vocab, targets, &cfg).map(|_| ())
 }
 
+/// The same logits (exactly representable) in dtype `E`: the 16-bit types take another path
+/// (a histogram of bit patterns), which must report bad rows the same way.
+fn stats_as<E: Element>(logits: &[f32], cfg: TokenStatsConfig) -> Result<rlvr_kernels::TokenStats, Error> {
+    let z: Vec<E> = logits.iter().map(|&v| E::from_f32(v)).collect();
+    cpu::token_stats(&z, V, None, &cfg)
+}
+
+/// Runs `case` for f32, bf16 and f16 logits.
+fn each_dtype(case: impl Fn(&dyn Fn(&[f32], TokenStatsConfig) -> Result<rlvr_kernels::TokenStats, Error>, &str)) {
+    case(&|z, cfg| stats_as::<f32>(z, cfg), "f32");
+    case(&|z, cfg| stats_as::<bf16>(z, cfg), "bf16");
+    case(&|z, cfg| stats_as::<f16>(z, cfg), "f16");
+}
+
 fn good_rows(n: usize) -> Vec<f32> {
     (0..n * V).map(|i| (i % 7) as f32 * 0.5 - 1.0).collect()
 }
@@ -201,7 +218,14 @@ fn good_rows(n: usize) -> Vec<f32> {
 fn nan_logit_names_its_row() {
     let mut z = good_rows(4);
     z[2 * V + 3] = f32::NAN;
-    assert_eq!(stats(&z, V, None, TokenStatsConfig::default()), Err(Error::NonFiniteLogits { row: 2 }));
+    each_dtype(|run, dt| {
+        assert_eq!(run(&z, TokenStatsConfig::default()).err(), Some(Error::NonFiniteLogits { row: 2 }), "{dt}");
+    });
+    // A negative NaN (sign bit set) too.
+    z[2 * V + 3] = -f32::NAN;
+    each_dtype(|run, dt| {
+        assert_eq!(run(&z, TokenStatsConfig::default()).err(), Some(Error::NonFiniteLogits { row: 2 }), "{dt}");
+    });
 }
 
 #[test]
@@ -210,14 +234,18 @@ fn pos_inf_logit_names_its_row() {
     z[V + 4] = f32::INFINITY;
     z[3 * V] = f32::NAN;
     // The first bad row is reported.
-    assert_eq!(stats(&z, V, None, TokenStatsConfig::default()), Err(Error::NonFiniteLogits { row: 1 }));
+    each_dtype(|run, dt| {
+        assert_eq!(run(&z, TokenStatsConfig::default()).err(), Some(Error::NonFiniteLogits { row: 1 }), "{dt}");
+    });
 }
 
 #[test]
 fn all_neg_inf_row_is_an_error_but_neg_inf_entries_are_fine() {
     let mut z = good_rows(3);
     z[V..2 * V].fill(f32::NEG_INFINITY);
-    assert_eq!(stats(&z, V, None, TokenStatsConfig::default()), Err(Error::AllNegInfRow { row: 1 }));
+    each_dtype(|run, dt| {
+        assert_eq!(run(&z, TokenStatsConfig::default()).err(), Some(Error::AllNegInfRow { row: 1 }), "{dt}");
+    });
 
     // −inf entries in otherwise valid rows: p = 0 there, finite statistics, logp = −inf at them.
     let mut z = good_rows(3);
@@ -300,6 +328,41 @@ fn unchecked_bad_rows_give_nan_stats_and_others_stay_finite() {
     assert!(got.lse[0].is_finite() && got.entropy[0].is_finite() && logp[0].is_finite());
     for (r, lp) in logp.iter().enumerate().skip(1) {
         assert!(got.lse[r].is_nan() && got.entropy[r].is_nan() && lp.is_nan(), "row {r}");
+    }
+    // 16-bit rows, and a good row after the bad ones (the histogram is cleared after a bad row).
+    z.extend(good_rows(1));
+    each_dtype(|run, dt| {
+        let got = run(&z, cfg).expect("no check");
+        let want = stats_as::<f32>(&good_rows(1), TokenStatsConfig::default()).expect("valid");
+        for r in [0, 4] {
+            assert!((got.lse[r] - want.lse[0]).abs() < 1e-6, "{dt} row {r}");
+            assert_eq!(got.branch.as_ref().unwrap()[r], want.branch.as_ref().unwrap()[0], "{dt} row {r}");
+        }
+        for r in 1..4 {
+            assert!(got.lse[r].is_nan() && got.entropy[r].is_nan(), "{dt} row {r}");
+        }
+    });
+}
+
+#[test]
+fn signed_zeros_are_one_value_and_neg_inf_entries_hold_no_mass() {
+    // +0 and −0 are one logit value (ties); −inf entries have p = 0. Every top-p count must be
+    // the reference's exactly (tiny rows: no mass lies near p·S).
+    let z = [0.0f32, -0.0, -0.0, 0.0, -2.0, 0.0, f32::NEG_INFINITY, -0.0, -2.0, 1.0];
+    let zf: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+    for p in [0.05f32, 0.3, 0.5, 0.7, 0.9, 0.99] {
+        let cfg = TokenStatsConfig { top_p: Some(p), ..Default::default() };
+        let want = reference::token_stats(&zf, z.len(), None, &cfg).expect("valid");
+        let check = |got: rlvr_kernels::TokenStats, dt: &str| {
+            assert_eq!(got.branch.unwrap()[0], want[0].branch.unwrap(), "{dt} p = {p}");
+            assert!((got.lse[0] as f64 - want[0].lse).abs() < 1e-6, "{dt} p = {p}");
+            assert!((got.entropy[0] as f64 - want[0].entropy).abs() < 1e-6, "{dt} p = {p}");
+        };
+        check(cpu::token_stats(&z, z.len(), None, &cfg).expect("valid"), "f32");
+        let b: Vec<bf16> = z.iter().map(|&v| bf16::from_f32(v)).collect();
+        check(cpu::token_stats(&b, z.len(), None, &cfg).expect("valid"), "bf16");
+        let h: Vec<f16> = z.iter().map(|&v| f16::from_f32(v)).collect();
+        check(cpu::token_stats(&h, z.len(), None, &cfg).expect("valid"), "f16");
     }
 }
 

@@ -3,6 +3,7 @@
 //! where the reference has them; every function here is property-tested against it.
 
 mod grpo;
+mod hist16;
 pub(crate) mod math;
 mod sequence;
 mod token_stats;

@@ -6,9 +6,10 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::config::TokenStatsConfig;
+use crate::cpu::hist16::{self, Hist16};
 use crate::cpu::math::{self, SimdKernel, BLOCK};
 use crate::cpu::top_p::{Keeper, TopPScratch};
-use crate::element::Element;
+use crate::element::{DType, Element};
 use crate::error::{Error, Result};
 use crate::types::TokenStats;
 use crate::validate;
@@ -53,10 +54,16 @@ pub(crate) struct Scratch {
     buf: Vec<f32>,
     /// The top-p selection's kept tokens and histograms.
     top_p: TopPScratch,
+    /// The bit-pattern histogram of 16-bit rows.
+    hist16: Hist16,
 }
 
 /// The fused statistics of one row `z` at inverse temperature `inv_t` (AVX2+FMA when the CPU
 /// has it).
+///
+/// bf16 and f16 rows are counted by bit pattern and everything is computed per distinct value
+/// (see [`crate::cpu::hist16`]: no `exp` per token, the top-p count without any selection).
+/// f32 rows take the per-token path below.
 ///
 /// One read of the row from memory: blocks of [`BLOCK`] elements, each first scanned for its
 /// max (and NaN/+inf) and then, still in L1, for S = Σ e^{x_i − m} and W = Σ (x_i − m)·e^{x_i − m}
@@ -95,6 +102,9 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
     #[inline(always)]
     fn run<const AVX2: bool>(self) -> RowOut {
         let RowKernel { z, inv_t, target, top_p, scratch } = self;
+        if E::DTYPE != DType::F32 {
+            return hist16::row_stats::<E, AVX2>(z, inv_t, target, top_p, &mut scratch.hist16);
+        }
         if scratch.buf.len() < BLOCK {
             scratch.buf.resize(BLOCK, 0.0);
         }
