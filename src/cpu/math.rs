@@ -201,50 +201,21 @@ fn term<const AVX2: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
 /// then 4 tree levels: ≤ 36 roundings on a same-sign sum, so each block sum is within
 /// 36·2⁻²⁴ ≈ 2.1e−6 relative of the exact sum of the computed terms. Callers add block sums in
 /// f64, whose error (≤ V·2⁻⁵³ ≈ 3e−11 for V = 2¹⁸) is negligible: the bound holds for any V.
-///
-/// With `STORE`, e_i is also written to `e[i]` (`e.len() ≥ z.len()`; unused otherwise), for the
-/// top-p selection.
 #[inline(always)]
-pub(crate) fn exp_sums<const AVX2: bool, const STORE: bool>(
-    z: &[f32],
-    m: f32,
-    inv_t: f32,
-    e: &mut [f32],
-) -> (f32, f32) {
+pub(crate) fn exp_sums<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32, f32) {
     let mut s = [0.0f32; LANES];
     let mut w = [0.0f32; LANES];
     let chunks = z.chunks_exact(LANES);
     let tail = chunks.remainder();
-    let n_full = z.len() - tail.len();
-    if STORE {
-        // Two plain loops (e_i, then the sums reading it back from L1) vectorise better than one
-        // loop that both stores and accumulates.
-        let e = &mut e[..z.len()];
-        for (ei, &v) in e.iter_mut().zip(z) {
-            *ei = term::<AVX2>(v, m, inv_t).0;
-        }
-        for (c, ec) in chunks.zip(e.chunks_exact(LANES)) {
-            for j in 0..LANES {
-                let d = (c[j] - m) * inv_t;
-                let dc = if d > EXP_LO { d } else { EXP_LO };
-                s[j] += ec[j];
-                w[j] = fma::<AVX2>(dc, ec[j], w[j]);
-            }
-        }
-    } else {
-        for c in chunks {
-            for j in 0..LANES {
-                let (ej, dc) = term::<AVX2>(c[j], m, inv_t);
-                s[j] += ej;
-                w[j] = fma::<AVX2>(dc, ej, w[j]);
-            }
+    for c in chunks {
+        for j in 0..LANES {
+            let (ej, dc) = term::<AVX2>(c[j], m, inv_t);
+            s[j] += ej;
+            w[j] = fma::<AVX2>(dc, ej, w[j]);
         }
     }
     for (j, &v) in tail.iter().enumerate() {
         let (ej, dc) = term::<AVX2>(v, m, inv_t);
-        if STORE {
-            e[n_full + j] = ej;
-        }
         s[j] += ej;
         w[j] = fma::<AVX2>(dc, ej, w[j]);
     }
@@ -291,6 +262,56 @@ pub(crate) fn compact_range<const AVX2: bool>(src: &[f32], lo: f32, hi: f32, out
         above += usize::from(v > hi);
     }
     above
+}
+
+/// Appends to `out[*n..]` (in order) every value of `src` that is ≤ `hi` (NaN never is), with
+/// no branch on the data: per 8 lanes a compare, a movemask, a table-driven permute and one
+/// unaligned 8-lane store (so `out` needs 8 spare slots past the last kept value). Its cost does
+/// not depend on how many values are kept. Panics if `out` is shorter than
+/// `*n + src.len() + 8`.
+#[inline(always)]
+pub(crate) fn compact_at_most<const AVX2: bool>(src: &[f32], hi: f32, out: &mut [f32], n: &mut usize) {
+    assert!(out.len() >= *n + src.len() + 8, "compaction buffer too short");
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only inside `run_avx2`, i.e. on a CPU with AVX2 and POPCNT (see
+        // `dispatch`); `out` has room for every 8-lane store (asserted above).
+        unsafe { compact_at_most_avx2(src, hi, out, n) };
+        return;
+    }
+    for &v in src {
+        out[*n] = v;
+        *n += usize::from(v <= hi);
+    }
+}
+
+/// [`compact_at_most`], 8 lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2 and POPCNT, and `out.len() >= *n + src.len() + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn compact_at_most_avx2(src: &[f32], hi: f32, out: &mut [f32], n: &mut usize) {
+    use std::arch::x86_64::*;
+    let vhi = _mm256_set1_ps(hi);
+    let chunks = src.chunks_exact(8);
+    let tail = chunks.remainder();
+    let mut k = *n;
+    for c in chunks {
+        let v = _mm256_loadu_ps(c.as_ptr());
+        let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi)) as usize;
+        let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+        // Stores all 8 lanes; only the first popcount(mask) are kept (the next store overwrites
+        // the rest). In bounds: k + 8 ≤ out.len() by the caller's contract.
+        _mm256_storeu_ps(out.as_mut_ptr().add(k), _mm256_permutevar8x32_ps(v, idx));
+        k += mask.count_ones() as usize;
+    }
+    for &v in tail {
+        out[k] = v;
+        k += usize::from(v <= hi);
+    }
+    *n = k;
 }
 
 /// Splits `src` at [lo, hi]: appends the values in [lo, hi] to `out[*n..]` (in order, as
@@ -587,7 +608,7 @@ mod tests {
     #[test]
     fn exp_sums_ignore_neg_inf_without_nan() {
         let z = [0.0f32, f32::NEG_INFINITY, -1.0, f32::NEG_INFINITY];
-        let (s, w) = exp_sums::<false, false>(&z, 0.0, 1.0, &mut []);
+        let (s, w) = exp_sums::<false>(&z, 0.0, 1.0);
         assert!((s as f64 - (1.0 + (-1.0f64).exp())).abs() < 1e-6);
         assert!((w as f64 + (-1.0f64).exp()).abs() < 1e-6);
     }

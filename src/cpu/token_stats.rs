@@ -71,8 +71,9 @@ pub(crate) struct Scratch {
 /// are rescaled in f64: S ← cS, W ← c(W + δS) with δ = (m_old − m_new)/T, c = e^δ). So every
 /// x_i − m is (z_i − z_max)·(1/T) computed as (z_i − m_block)·(1/T) in f32 plus an f64 shift:
 /// no precision is lost to a large common offset of the logits.
-/// lse = z_max/T + ln S, H = ln S − W/S, logp = (z_y − z_max)/T − ln S. The top-p count then
-/// re-reads the row while it is in cache (see [`crate::cpu::top_p`]).
+/// lse = z_max/T + ln S, H = ln S − W/S, logp = (z_y − z_max)/T − ln S. The top-p count is
+/// found from candidates gathered during the pass or from a few blocks read again while in
+/// cache (see [`crate::cpu::top_p`]).
 ///
 /// Error (u = 2⁻²⁴): S and W within ~36u + 1e−7 (exp) relative of the sum of exactly
 /// computed terms, for any V (see [`math::exp_sums`]); each term's own error is that of
@@ -109,7 +110,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             scratch.buf.resize(BLOCK, 0.0);
         }
         let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
-        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p));
+        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p, inv_t));
         let sums = match keeper.as_mut() {
             Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
             None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None),
@@ -125,7 +126,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
         let entropy = ln_s - w / s;
         let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
         let branch = match (keeper, top_p) {
-            (Some(k), Some(p)) => k.branch::<AVX2>(m, s, inv_t, p),
+            (Some(k), Some(_)) => k.branch::<E, AVX2>(z, &mut scratch.buf, m, s),
             _ => 0,
         };
         RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
@@ -140,7 +141,7 @@ struct Sums {
 }
 
 /// One read of the row in blocks; `None` on a NaN or +inf logit. With a `keeper` (top-p), each
-/// block's e_i are also handed to it while in L1.
+/// block is also handed to it while in L1, with its max and the running max and sum.
 #[inline(always)]
 fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
     z: &[E],
@@ -164,20 +165,13 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
             }
             acc.m = bmax;
         }
-        if acc.m == f32::NEG_INFINITY {
-            continue;
+        if acc.m != f32::NEG_INFINITY {
+            let (s, w) = math::exp_sums::<AVX2>(zb, acc.m, inv_t);
+            (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
         }
-        match keeper.as_deref_mut() {
-            Some(k) if KEEP => {
-                let (s, w) = math::exp_sums::<AVX2, true>(zb, acc.m, inv_t, k.block());
-                (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
-                // The block's largest e_i, from its max logit: the same expression as in exp_sums.
-                let e_max = math::exp::<AVX2>((bmax - acc.m) * inv_t);
-                k.keep_block::<AVX2>(zb.len(), acc.m, acc.s, e_max);
-            }
-            _ => {
-                let (s, w) = math::exp_sums::<AVX2, false>(zb, acc.m, inv_t, &mut []);
-                (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
+        if KEEP {
+            if let Some(k) = keeper.as_deref_mut() {
+                k.block::<AVX2>(zb, bmax, acc.m, acc.s);
             }
         }
     }
@@ -225,4 +219,124 @@ pub fn token_stats<E: Element>(
         logp: targets.map(|_| rows.iter().map(|r| r.logp).collect()),
         branch: cfg.top_p.map(|_| rows.iter().map(|r| r.branch).collect()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each step of the f32 top-p count (see [`crate::cpu::top_p`]) on rows built to take it,
+    //! with and without AVX2: the step taken, and the count inside the reference's band.
+
+    use super::*;
+    use crate::cpu::top_p::Path;
+    use crate::reference;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// (count, step) of one f32 row, with the `AVX2` copy of the kernels.
+    struct PathKernel<'a> {
+        z: &'a [f32],
+        inv_t: f32,
+        top_p: f32,
+        avx2: bool,
+    }
+
+    impl SimdKernel for PathKernel<'_> {
+        type Out = (u32, Path);
+
+        #[inline(always)]
+        fn run<const AVX2: bool>(self) -> (u32, Path) {
+            let PathKernel { z, inv_t, top_p, avx2 } = self;
+            if avx2 != AVX2 {
+                return (u32::MAX, Path::Fallback);
+            }
+            let mut scratch = Scratch::default();
+            let Scratch { buf, top_p: tp, .. } = &mut scratch;
+            buf.resize(BLOCK, 0.0);
+            let mut k = tp.start(z.len(), top_p, inv_t);
+            let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k)).expect("finite row");
+            k.branch_path::<f32, AVX2>(z, buf, m, s)
+        }
+    }
+
+    /// The count and step of `z` with the baseline kernels and (where the CPU has it) AVX2, which
+    /// must agree on both; the count is checked against the reference band.
+    fn count(z: &[f32], t: f32, p: f32) -> Path {
+        let base = PathKernel { z, inv_t: 1.0 / t, top_p: p, avx2: false }.run::<false>();
+        let fast = math::dispatch(PathKernel { z, inv_t: 1.0 / t, top_p: p, avx2: true });
+        if fast.0 != u32::MAX {
+            assert_eq!(fast, base, "AVX2 and baseline kernels disagree");
+        }
+        let zf: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let (lo, hi) = reference::branch_band(&zf, t as f64, p as f64);
+        assert!(lo <= base.0 && base.0 <= hi, "count {} not in [{lo}, {hi}] ({:?})", base.0, base.1);
+        base.1
+    }
+
+    fn uniform(n: usize, a: f32, rng: &mut StdRng) -> Vec<f32> {
+        (0..n).map(|_| rng.random_range(-a..a)).collect()
+    }
+
+    #[test]
+    fn flat_rows_take_bottom_mode() {
+        let mut rng = StdRng::seed_from_u64(1);
+        for (n, a, t, p) in
+            [(60_000, 0.5, 1.0, 0.95), (151_936, 1.0, 0.7, 0.9), (20_000, 0.05, 1.0, 0.8), (9_000, 2.0, 1.5, 0.99)]
+        {
+            let z = uniform(n, a, &mut rng);
+            assert_eq!(count(&z, t, p), Path::Bottom, "n = {n}, a = {a}");
+        }
+    }
+
+    #[test]
+    fn a_spike_after_phase_0_sends_the_row_to_the_head() {
+        // (Bottom mode is also abandoned during the pass when the spike arrives; that only
+        // saves work, the result would be the same without it.)
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut z = uniform(60_000, 0.5, &mut rng);
+        z[40_000] = 30.0;
+        assert_eq!(count(&z, 1.0, 0.95), Path::Head);
+        // Several spikes, the crossing among them.
+        z[50_000] = 29.0;
+        z[59_999] = 29.5;
+        assert_eq!(count(&z, 1.0, 0.95), Path::Head);
+    }
+
+    #[test]
+    fn a_missed_estimate_falls_back() {
+        // Phase 0 (the first 8192 tokens) is spread wider than the rest, which sits near its
+        // top: bottom mode's threshold lies below the crossing (the mass above it exceeds p·S),
+        // and no few blocks hold p·S.
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut z = uniform(60_000, 0.5, &mut rng);
+        z[10_000..].iter_mut().for_each(|v| *v = 0.4 + *v / 5.0);
+        assert_eq!(count(&z, 1.0, 0.95), Path::Fallback);
+    }
+
+    #[test]
+    fn peaked_rows_take_the_head() {
+        let mut rng = StdRng::seed_from_u64(4);
+        for spikes in [1, 4, 16] {
+            let mut z: Vec<f32> = (0..151_936).map(|_| 2.0 * rng.random_range(-1.7f32..1.7)).collect();
+            for _ in 0..spikes {
+                let i = rng.random_range(0..z.len());
+                z[i] = rng.random_range(18.0..22.0);
+            }
+            assert_eq!(count(&z, 1.0, 0.95), Path::Head, "{spikes} spikes");
+        }
+    }
+
+    #[test]
+    fn rows_whose_crossing_is_deep_in_heavy_noise_fall_back() {
+        // Heavy noise (its max far above its mean: no bottom mode) holding most of the mass,
+        // one spike: neither the spike's block nor 64 blocks' maxima hold p·S.
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut z: Vec<f32> = (0..100_000).map(|_| 3.0 * rng.random_range(-1.7f32..1.7)).collect();
+        z[77] = 12.0;
+        assert_eq!(count(&z, 1.0, 0.95), Path::Fallback);
+        // Short rows (no phase 0) and rows of ties: exact through whichever step.
+        count(&z[..5_000], 1.0, 0.95);
+        let ties: Vec<f32> = (0..30_000).map(|i| (i % 3) as f32).collect();
+        count(&ties, 1.0, 0.95);
+        count(&ties, 1.0, 0.5);
+    }
 }

@@ -1,52 +1,76 @@
-//! The exact top-p branch count (Rollout Branching Factor) of one row without sorting: prune
-//! during the statistics pass, narrow large candidate sets with exact vectorised passes, then a
-//! radix select on the bits of e_i = e^{x_i − m}.
+//! The exact top-p branch count (Rollout Branching Factor) of one f32 row without sorting
+//! (bf16/f16 rows have their own, simpler path: [`crate::cpu::hist16`]).
 //!
-//! Traffic: none beyond the statistics pass's one read of the row; O(#kept) scratch.
+//! The statistics pass reads the row once; the count is then found from a small candidate set,
+//! gathered either during that pass or, after it, from a few cached blocks of the row:
 //!
-//! 1. **Prune** (DESIGN.md §5): a token with p_i < (1 − p)/V can never be in the top-p set —
-//!    all such tokens together hold < 1 − p, and every larger token comes first in sorted
-//!    order. During the pass each block's e_i = e^{(z_i − m_run)/T} (relative to the running
-//!    max) is at hand, with S_run, the sum so far on the same scale. The final e_i and S are both
-//!    these times the same factor e^{(m_run − z_max)/T}, and S ≥ S_run, so a token with
-//!    e_i < ½(1 − p)·S_run/V can be dropped at once (the ½ absorbs every rounding): one
-//!    vectorised compare per 32 values, and 8-lane compaction of the kept e_i, which are stored
-//!    with their block's running max. Peaked (LM-like) rows keep a handful of tokens (plus, before
-//!    the row's max is seen, tokens near the running max); flat rows keep all.
-//! 2. After the pass, each kept e_i is rescaled to the row max (×e^{(m_run − z_max)/T}, one f32
-//!    rounding: tokens with equal logits in blocks with different running maxima may differ by
-//!    an ulp, far inside the tolerance band of DESIGN.md §4).
-//! 3. **Narrow** (sets > [`DIRECT`] values, e.g. flat rows): sampled windows and exact
-//!    vectorised count/sum/compaction passes shrink the set around the crossing (see
-//!    [`narrow`]), so that few values reach the histogram's scatter.
-//! 4. **Radix select**: e_i ≥ 0, so its f32 bits are an order-preserving integer key. A
-//!    histogram of f64 mass over the top ≤ 12 bits of (key − min key), a top-down scan to the
-//!    bucket where the cumulative mass reaches p·S, keep only that bucket's members (and count
-//!    those above it, vectorised), repeat on the remaining bits until one key value τ is left
-//!    (≤ 3 levels from a 2³⁰-wide key range). Then the tie rule of DESIGN.md §4:
-//!    k = #{e > τ} + ceil((p·S − M_{>τ}) / τ), capped by the number of ties at τ.
+//! 1. **Phase 0**: the pass's first [`PHASE0_BLOCKS`] blocks (8192 tokens) are kept aside. At
+//!    their end, their e_i (relative to the running max) estimate where the crossing of p lies,
+//!    as if the rest of the row were like them: a window [lo, hi] on e with a margin of three
+//!    standard errors of a sampled sum ([`sample_window`]).
+//! 2. **Bottom mode** (rows where the estimate puts ≤ [`BOTTOM_MAX`] of the tokens at or below
+//!    hi, e.g. flat rows, whose 95% set is most of the row): for the rest of the pass, every
+//!    token with z ≤ z_hi (hi as a logit) is appended to the candidate set by a branch-free
+//!    8-lane compaction, beside the exp. Nothing else is needed from the pass: the mass above
+//!    z_hi is S minus the candidates' mass, and their number is V minus theirs. If a block
+//!    brings more mass than the estimate allows (a spike after phase 0), bottom mode is
+//!    abandoned for the row.
+//! 3. After the pass (z_max and S known): in bottom mode, the phase-0 blocks are compacted the
+//!    same way, the candidates' e_i = e^{(z_i − z_max)/T} computed, and if the mass above z_hi is
+//!    below p·S the crossing is among them (exact; else the estimate missed: step 5).
+//! 4. **Head** (peaked rows, or bottom mode abandoned): the blocks' maxima, noted during the pass,
+//!    sorted down until their e_i sum to p·S: every token at or above the k-th largest maximum t
+//!    lies in a block whose max is ≥ t, and together they hold ≥ p·S, so the crossing is among
+//!    them. Only those blocks are read again (on LM-like rows, one to four).
+//! 5. **Fallback** (rare: a missed estimate, or a head of more than [`HEAD_MAX_BLOCKS`] blocks):
+//!    every token with e_i ≥ ½(1 − p)·S/V — a token with p_i < (1 − p)/V can never be in the
+//!    top-p set (DESIGN.md §5) — from a second read of the row.
+//! 6. **Radix select** on the candidates: e_i ≥ 0, so its f32 bits are an order-preserving
+//!    integer key. A histogram of f64 mass over the top ≤ 12 bits of (key − min key), a top-down
+//!    scan to the bucket where the cumulative mass reaches p·S, keep only that bucket's members
+//!    (and count those above it, vectorised), repeat on the remaining bits until one key value
+//!    τ is left. Then the tie rule of DESIGN.md §4: k = #{e > τ} + ceil((p·S − M_{>τ}) / τ),
+//!    capped by the number of ties at τ. Sets larger than [`DIRECT`] are first narrowed by
+//!    sampled windows and exact vectorised passes ([`narrow`]).
 //!
-//! Everything runs in row order with f64 masses (f32 lanes per 256 values in the passes):
-//! deterministic. Mass errors stay at the level of the statistics pass's S (≲ 3e−6 relative),
-//! inside the 1e−5 band.
+//! Every step that decides the count is exact; the estimates only choose which exact step runs.
+//! Everything runs in row order with f64 masses: deterministic. Mass errors stay at the level of
+//! the statistics pass's S (≲ 3e−6 relative), inside the 1e−5 band.
 
 use crate::cpu::math::{self, BLOCK};
 
 /// Most bits resolved per histogram level (4096 buckets: 32 KB of f64 masses).
 const LEVEL_BITS: u32 = 12;
+/// Blocks of phase 0 (8192 tokens): the sample that places bottom mode's threshold.
+const PHASE0_BLOCKS: usize = 16;
+/// Every 4th phase-0 token (2048) goes into the estimate.
+const PHASE0_STRIDE: usize = 4;
+/// Bottom mode is used when the estimate puts at most this fraction of the tokens at or below
+/// its threshold (compaction is branch-free: its cost does not depend on the fraction, but the
+/// exp and the selection after the pass do).
+const BOTTOM_MAX: f64 = 0.5;
+/// Bottom mode is abandoned when the row's sum so far exceeds this multiple of what phase 0's
+/// rate predicts (a spike arrived: the crossing moves up).
+const ABANDON: f64 = 2.0;
+/// Bottom mode is considered only for rows whose phase-0 tokens are at most this many times
+/// less likely than its max on average (flat rows: ≈ 1.6; LM-like rows: hundreds).
+const FLAT_RATIO: f64 = 64.0;
+/// Most blocks the head step reads again.
+const HEAD_MAX_BLOCKS: usize = 64;
 
 /// Scratch of the selection, reused across rows.
 #[derive(Debug, Default)]
 pub(crate) struct TopPScratch {
-    /// e_i of the current block (written by the statistics pass).
-    block: Vec<f32>,
-    /// e_i of the kept tokens (then of the crossing bucket's members), with 8 spare slots for
-    /// the 8-lane compaction stores.
+    /// Phase 0's logits (then their e_i, for the estimate).
+    phase0: Vec<f32>,
+    /// Max logit of each block of the row, in row order.
+    block_max: Vec<f32>,
+    /// The head step's blocks: (max logit, its e), by descending max.
+    order: Vec<(f32, f32)>,
+    /// Candidate logits (then their e_i), with 8 spare slots for the 8-lane compaction stores.
     kept: Vec<f32>,
     /// The next level's members (swapped with `kept`).
     next: Vec<f32>,
-    /// (end in `kept`, running max) of each block with kept tokens.
-    blocks: Vec<(usize, f32)>,
     /// Bucket masses of the current level.
     mass: Vec<f64>,
     /// The strided sample of a large candidate set.
@@ -55,92 +79,284 @@ pub(crate) struct TopPScratch {
     partition_len: usize,
 }
 
-/// Collects the tokens of one row that may be in its top-p set, block by block.
+/// What the statistics pass does for the count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// Collecting phase 0.
+    Phase0,
+    /// Appending every token with z ≤ `hi` to the candidates (from the block after phase 0).
+    Bottom { hi: f32 },
+    /// Nothing during the pass (head, then fallback, after it).
+    Off,
+}
+
+/// Which step found the count (for the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    Bottom,
+    Head,
+    Fallback,
+}
+
+/// The count's state during one row's statistics pass.
 pub(crate) struct Keeper<'a> {
     sc: &'a mut TopPScratch,
-    /// ½(1 − p)/V: times the running sum, the cut on e relative to the running max.
-    cut: f64,
-    /// Tokens kept so far.
+    top_p: f32,
+    inv_t: f32,
+    mode: Mode,
+    /// Candidates so far (bottom mode).
     n: usize,
-    vocab: usize,
+    /// Tokens seen so far.
+    seen: usize,
+    /// Running max and S per token at the end of phase 0 (for the abandon test).
+    m0: f32,
+    rate0: f64,
 }
 
 impl TopPScratch {
-    /// Starts a row of `vocab` tokens at `top_p`.
-    pub(crate) fn start(&mut self, vocab: usize, top_p: f32) -> Keeper<'_> {
+    /// Starts a row of `vocab` tokens at `top_p` and inverse temperature `inv_t`.
+    pub(crate) fn start(&mut self, vocab: usize, top_p: f32, inv_t: f32) -> Keeper<'_> {
         for v in [&mut self.kept, &mut self.next] {
             if v.len() < vocab + 8 {
                 v.resize(vocab + 8, 0.0);
             }
         }
-        if self.block.len() < BLOCK {
-            self.block.resize(BLOCK, 0.0);
-        }
-        self.blocks.clear();
-        let cut = 0.5 * (1.0 - top_p as f64) / vocab as f64;
-        Keeper { sc: self, cut, n: 0, vocab }
+        self.block_max.clear();
+        self.phase0.clear();
+        Keeper { sc: self, top_p, inv_t, mode: Mode::Phase0, n: 0, seen: 0, m0: 0.0, rate0: 0.0 }
     }
 }
 
 impl Keeper<'_> {
-    /// Where the statistics pass writes the current block's e_i.
+    /// Called for every block of the pass, in order, after its sums: `zb` the block, `bmax` its
+    /// max, `m` the running max and `s_run` = Σ e^{(z_i − m)/T} so far (this block included).
     #[inline(always)]
-    pub(crate) fn block(&mut self) -> &mut [f32] {
-        &mut self.sc.block
+    pub(crate) fn block<const AVX2: bool>(&mut self, zb: &[f32], bmax: f32, m: f32, s_run: f64) {
+        self.sc.block_max.push(bmax);
+        self.seen += zb.len();
+        match self.mode {
+            Mode::Phase0 => {
+                self.sc.phase0.extend_from_slice(zb);
+                if self.sc.block_max.len() == PHASE0_BLOCKS {
+                    self.estimate::<AVX2>(m, s_run);
+                }
+            }
+            Mode::Bottom { hi } => {
+                let excess = s_run * ((m as f64 - self.m0 as f64) * self.inv_t as f64).exp();
+                if excess > ABANDON * self.rate0 * self.seen as f64 {
+                    self.mode = Mode::Off;
+                    self.n = 0;
+                } else {
+                    math::compact_at_most::<AVX2>(zb, hi, &mut self.sc.kept, &mut self.n);
+                }
+            }
+            Mode::Off => {}
+        }
     }
 
-    /// Keeps the block's first `len` e_i (relative to the running max `m`, with `s_run` the sum
-    /// of all e_i so far, this block's included, on the same scale) that pass the cut; `e_max`
-    /// is the block's largest e_i (a block entirely below the cut costs nothing more).
+    /// The end of phase 0: places the window on phase 0's e_i and picks the mode.
     #[inline(always)]
-    pub(crate) fn keep_block<const AVX2: bool>(&mut self, len: usize, m: f32, s_run: f64, e_max: f32) {
-        let cut = (self.cut * s_run) as f32;
-        if e_max < cut {
+    fn estimate<const AVX2: bool>(&mut self, m: f32, s_run: f64) {
+        self.mode = Mode::Off;
+        if m == f32::NEG_INFINITY || s_run <= 0.0 {
             return;
         }
-        let start = self.n;
-        math::compact_range::<AVX2>(&self.sc.block[..len], cut, f32::INFINITY, &mut self.sc.kept, &mut self.n);
-        if self.n > start {
-            self.sc.blocks.push((self.n, m));
+        // Gate: only a flat enough row (its largest e_i, 1, at most FLAT_RATIO times the mean)
+        // has its crossing deep in the row; peaked rows go to the head step after the pass.
+        if self.seen as f64 > FLAT_RATIO * s_run {
+            return;
+        }
+        let inv_t = self.inv_t;
+        let sample = &mut self.sc.sample_src;
+        sample.clear();
+        sample.extend(self.sc.phase0.iter().step_by(PHASE0_STRIDE));
+        for v in sample.iter_mut() {
+            *v = math::exp::<AVX2>((*v - m) * inv_t);
+        }
+        let n_s = sample.len();
+        sample.retain(|&e| e > 0.0);
+        let len = sample.len();
+        let (s1, s2) = lane_sums(sample);
+        if len == 0 || s1 <= 0.0 {
+            return;
+        }
+        // hi: where the sample's mass from the top reaches p − δ of its total, δ three standard
+        // errors of that fraction (≈ √(p(1 − p)/ESS), ESS = (Σe)²/Σe² the effective size).
+        let p = self.top_p as f64;
+        let delta = 3.0 * (p * (1.0 - p) * s2 / (s1 * s1)).sqrt();
+        let (_, hi) = mass_thresholds(self.sc, (p - delta).max(0.0) * s1, f64::INFINITY);
+        if hi <= 0.0 {
+            return;
+        }
+        let below = self.sc.sample_src.iter().filter(|&&e| e <= hi).count() + (n_s - len);
+        if below as f64 > BOTTOM_MAX * n_s as f64 {
+            return;
+        }
+        let hi_z = m + hi.ln() / inv_t;
+        if hi_z.is_finite() {
+            self.mode = Mode::Bottom { hi: hi_z };
+            (self.m0, self.rate0) = (m, s_run / self.seen as f64);
         }
     }
 
-    /// The branch count at `top_p` of the row whose max logit is `zmax` and S = Σ e^{(z_i −
-    /// zmax)/T}.
+    /// The branch count at `top_p` of row `z` (`buf`: one block of f32), whose max logit is
+    /// `zmax` and S = Σ e^{(z_i − zmax)/T}.
     #[inline(always)]
-    pub(crate) fn branch<const AVX2: bool>(self, zmax: f32, s: f64, inv_t: f32, top_p: f32) -> u32 {
-        let Keeper { sc, n, vocab, .. } = self;
-        let p = top_p as f64;
-        // Rescale each block's e_i to the row max, then apply the exact cut into `next`.
-        let mut begin = 0;
-        for &(end, m) in &sc.blocks {
-            let c = ((m as f64 - zmax as f64) * inv_t as f64).exp() as f32;
-            if c != 1.0 {
-                sc.kept[begin..end].iter_mut().for_each(|e| *e *= c);
+    pub(crate) fn branch<E: crate::element::Element, const AVX2: bool>(
+        self,
+        z: &[E],
+        buf: &mut [f32],
+        zmax: f32,
+        s: f64,
+    ) -> u32 {
+        self.branch_path::<E, AVX2>(z, buf, zmax, s).0
+    }
+
+    /// [`Keeper::branch`] and the step that found it.
+    #[inline(always)]
+    pub(crate) fn branch_path<E: crate::element::Element, const AVX2: bool>(
+        self,
+        z: &[E],
+        buf: &mut [f32],
+        zmax: f32,
+        s: f64,
+    ) -> (u32, Path) {
+        let Keeper { sc, top_p, inv_t, mode, mut n, .. } = self;
+        let need = top_p as f64 * s;
+        let vocab = z.len();
+        if let Mode::Bottom { hi } = mode {
+            for block in z.chunks(BLOCK).take(PHASE0_BLOCKS) {
+                math::compact_at_most::<AVX2>(math::widen(block, buf), hi, &mut sc.kept, &mut n);
             }
-            begin = end;
+            let all = n;
+            let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+            let above = Above { count: vocab - all, mass: s - mass };
+            if above.mass < need {
+                return (select::<AVX2>(sc, n, need, above), Path::Bottom);
+            }
         }
-        let need = p * s;
-        // Large sets are narrowed by windows (whose passes also drop what is below the cut);
-        // small ones get the exact cut e_i ≥ ½(1 − p)·S/V before the histogram.
-        let (n, above) = if n > DIRECT {
-            narrow::<AVX2>(sc, n, need, Above::default())
-        } else {
-            let cut = (0.5 * (1.0 - p) * s / vocab as f64) as f32;
-            let mut j = 0;
-            math::compact_range::<AVX2>(&sc.kept[..n], cut, f32::INFINITY, &mut sc.next, &mut j);
-            std::mem::swap(&mut sc.kept, &mut sc.next);
-            (j, Above::default())
+        // Head: blocks by descending max until their maxima alone hold p·S.
+        // Only maxima of e ≥ need/(4·HEAD_MAX_BLOCKS) are sorted: if those cannot reach p·S
+        // within HEAD_MAX_BLOCKS blocks, the head step is not worth it (the order of the
+        // maxima that are sorted is the full order's prefix, so any t found is the same).
+        let floor = need / (4 * HEAD_MAX_BLOCKS) as f64;
+        sc.sample_src.clear();
+        sc.sample_src.extend(sc.block_max.iter().map(|&bm| math::exp::<AVX2>((bm - zmax) * inv_t)));
+        sc.order.clear();
+        sc.order.extend(
+            sc.block_max.iter().zip(&sc.sample_src).filter(|&(_, &e)| e as f64 >= floor).map(|(&bm, &e)| (bm, e)),
+        );
+        sc.order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        let mut cum = 0.0;
+        let mut t = None;
+        for &(bm, e) in sc.order.iter().take(HEAD_MAX_BLOCKS) {
+            cum += e as f64;
+            if cum >= need {
+                t = Some(bm);
+                break;
+            }
+        }
+        let (from, path) = match t {
+            Some(t) => (t, Path::Head),
+            // Fallback: the safe cut e_i ≥ ½(1 − p)·S/V, as a logit.
+            None => (zmax + ((0.5 * (1.0 - top_p as f64) * s / vocab as f64).ln() as f32) / inv_t, Path::Fallback),
         };
-        match radix::<AVX2>(&mut sc.kept, &mut sc.next, &mut sc.mass, n, need, above) {
-            // One value τ left, held by `ties` tokens: the tie rule of DESIGN.md §4.
-            Ok(Crossing { tau, ties, above }) => {
-                let need_ties = ((need - above.mass) / tau as f64).ceil().max(1.0);
-                (above.count + (need_ties as usize).min(ties)) as u32
+        let mut n = 0;
+        for (block, &bm) in z.chunks(BLOCK).zip(&sc.block_max) {
+            if bm >= from {
+                math::compact_range::<AVX2>(math::widen(block, buf), from, f32::INFINITY, &mut sc.kept, &mut n);
             }
-            // Rounding left the kept total below p·S: count every kept token.
-            Err(above) => above.count as u32,
         }
+        to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+        (select::<AVX2>(sc, n, need, Above::default()), path)
+    }
+}
+
+/// Turns the candidate logits `kept[..n]` into their e_i = e^{(z_i − zmax)/T}, drops those of
+/// probability 0 (they hold no mass and are never counted), and returns the sum of all.
+#[inline(always)]
+fn to_e<const AVX2: bool>(kept: &mut [f32], n: &mut usize, zmax: f32, inv_t: f32) -> f64 {
+    let e = &mut kept[..*n];
+    for v in e.iter_mut() {
+        *v = math::exp::<AVX2>((*v - zmax) * inv_t);
+    }
+    let mass = lane_sum(e);
+    if e.iter().map(|&v| usize::from(v == 0.0)).sum::<usize>() > 0 {
+        let mut j = 0;
+        for i in 0..*n {
+            let v = kept[i];
+            kept[j] = v;
+            j += usize::from(v > 0.0);
+        }
+        *n = j;
+    }
+    mass
+}
+
+/// (Σ v, Σ v²) of values ≥ 0, each as in [`lane_sum`].
+#[inline(always)]
+fn lane_sums(values: &[f32]) -> (f64, f64) {
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for block in values.chunks(256) {
+        let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+        let chunks = block.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for j in 0..8 {
+                a[j] += c[j];
+                b[j] += c[j] * c[j];
+            }
+        }
+        for (j, &v) in tail.iter().enumerate() {
+            a[j] += v;
+            b[j] += v * v;
+        }
+        s1 += fold8(a);
+        s2 += fold8(b);
+    }
+    (s1, s2)
+}
+
+/// The 8 lanes summed in a fixed pairwise order, as f64.
+#[inline(always)]
+fn fold8(l: [f32; 8]) -> f64 {
+    (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))) as f64
+}
+
+/// Σ values ≥ 0: 8 f32 lanes per 256 values (32 terms per lane, 3 tree levels: ≤ 35 roundings,
+/// the bound of `math::exp_sums`), then f64.
+#[inline(always)]
+fn lane_sum(values: &[f32]) -> f64 {
+    let mut total = 0.0f64;
+    for block in values.chunks(256) {
+        let mut lanes = [0.0f32; 8];
+        let chunks = block.chunks_exact(8);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for j in 0..8 {
+                lanes[j] += c[j];
+            }
+        }
+        for (j, &v) in tail.iter().enumerate() {
+            lanes[j] += v;
+        }
+        total += fold8(lanes);
+    }
+    total
+}
+
+/// The count from the candidates `sc.kept[..n]` (e_i > 0; `above` known above them).
+#[inline(always)]
+fn select<const AVX2: bool>(sc: &mut TopPScratch, n: usize, need: f64, above: Above) -> u32 {
+    let (n, above) = if n > DIRECT { narrow::<AVX2>(sc, n, need, above) } else { (n, above) };
+    match radix::<AVX2>(&mut sc.kept, &mut sc.next, &mut sc.mass, n, need, above) {
+        // One value τ left, held by `ties` tokens: the tie rule of DESIGN.md §4.
+        Ok(Crossing { tau, ties, above }) => {
+            let need_ties = ((need - above.mass) / tau as f64).ceil().max(1.0);
+            (above.count + (need_ties as usize).min(ties)) as u32
+        }
+        // Rounding left the total below p·S: count every token with mass.
+        Err(above) => above.count as u32,
     }
 }
 
@@ -272,7 +488,15 @@ fn sample_window(sc: &mut TopPScratch, n: usize, goal: f64) -> (f32, f32) {
     }
     let eps = (3.0 / (s1 * s1 / s2).sqrt()).clamp(0.02, 0.5);
     let scale = n as f64 / sample.len() as f64;
-    let (upper, lower) = (goal * (1.0 - eps) / scale, goal * (1.0 + eps) / scale);
+    mass_thresholds(sc, goal * (1.0 - eps) / scale, goal * (1.0 + eps) / scale)
+}
+
+/// (lo, hi) on the values of `sc.sample_src` (all > 0, not empty): hi where their mass summed
+/// from the top reaches `upper`, lo where it reaches `lower` (0 if it never does), from one
+/// histogram (≤ 4096 buckets) and rounded outwards to bucket edges.
+#[inline(always)]
+fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
+    let sample = &sc.sample_src;
     let (lo_key, hi_key) = key_range(sample);
     let width = u32::BITS - (hi_key - lo_key).leading_zeros();
     let shift = width.saturating_sub(LEVEL_BITS);
@@ -294,6 +518,9 @@ fn sample_window(sc: &mut TopPScratch, n: usize, goal: f64) -> (f32, f32) {
         if !placed_hi && cum >= upper {
             hi = f32::from_bits(hi_key.min(edge(b + 1) - 1));
             placed_hi = true;
+            if lower == f64::INFINITY {
+                break;
+            }
         }
         if cum >= lower {
             lo = f32::from_bits(edge(b));
