@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::math::{self, SimdKernel, BLOCK, LN_P_FLOOR};
 use super::sequence::aggregation_weights;
-use super::token_stats::{row_stats, RowOut, Scratch};
+use super::token_stats::{row_stats, with_scratch, RowOut};
 use crate::config::{check_temperature, GrpoConfig, KlEstimator};
 use crate::element::{DType, Element};
 use crate::error::Result;
@@ -136,8 +136,8 @@ pub fn grpo_forward<E: Element>(
         .par_chunks_exact(vocab)
         .with_min_len(rows_per_task(vocab))
         .enumerate()
-        .map_init(Scratch::default, |scratch, (r, row)| {
-            let stats = row_stats(row, inv_t, Some(inputs.targets[r]), cfg.top_p, scratch);
+        .map(|(r, row)| {
+            let stats = with_scratch(|scratch| row_stats(row, inv_t, Some(inputs.targets[r]), cfg.top_p, scratch));
             let ref_logp = inputs.ref_logp.map(|x| x[r]);
             let loss = token_loss(stats.logp, inputs.old_logp[r], ref_logp, inputs.advantages[r], stats.entropy, cfg);
             TokenOut { stats, loss }

@@ -5,9 +5,10 @@
 //! gathered either during that pass or, after it, from a few cached blocks of the row:
 //!
 //! 1. **Phase 0**: the pass's first [`PHASE0_BLOCKS`] blocks (8192 tokens) are kept aside. At
-//!    their end, their e_i (relative to the running max) estimate where the crossing of p lies,
-//!    as if the rest of the row were like them: a window [lo, hi] on e with a margin of three
-//!    standard errors of a sampled sum ([`sample_window`]).
+//!    their end, if the row is flat enough (its max at most [`FLAT_RATIO`] times the mean e_i),
+//!    every 4th of their e_i (relative to the running max) estimates where the crossing of p
+//!    lies, as if the rest of the row were like them: the threshold hi on e where their mass from
+//!    the top reaches p − δ, δ three standard errors of that fraction ([`mass_thresholds`]).
 //! 2. **Bottom mode** (rows where the estimate puts ≤ [`BOTTOM_MAX`] of the tokens at or below
 //!    hi, e.g. flat rows, whose 95% set is most of the row): for the rest of the pass, every
 //!    token with z ≤ z_hi (hi as a logit) is appended to the candidate set by a branch-free
@@ -61,7 +62,7 @@ const HEAD_MAX_BLOCKS: usize = 64;
 /// Scratch of the selection, reused across rows.
 #[derive(Debug, Default)]
 pub(crate) struct TopPScratch {
-    /// Phase 0's logits (then their e_i, for the estimate).
+    /// Phase 0's logits.
     phase0: Vec<f32>,
     /// Max logit of each block of the row, in row order.
     block_max: Vec<f32>,
@@ -73,7 +74,7 @@ pub(crate) struct TopPScratch {
     next: Vec<f32>,
     /// Bucket masses of the current level.
     mass: Vec<f64>,
-    /// The strided sample of a large candidate set.
+    /// A strided sample (of phase 0, or of a large candidate set), or the blocks' max e_i.
     sample_src: Vec<f32>,
     /// How many values the last [`split`] left in `next`.
     partition_len: usize,
@@ -154,7 +155,7 @@ impl Keeper<'_> {
         }
     }
 
-    /// The end of phase 0: places the window on phase 0's e_i and picks the mode.
+    /// The end of phase 0: places the threshold on phase 0's e_i and picks the mode.
     #[inline(always)]
     fn estimate<const AVX2: bool>(&mut self, m: f32, s_run: f64) {
         self.mode = Mode::Off;
