@@ -448,7 +448,7 @@ unsafe fn sum_at_least_avx2(src: &[f32], h: f32) -> (usize, f32) {
 
 /// Sum of 8 lanes in a fixed pairwise order (deterministic).
 #[inline(always)]
-fn fold8(x: [f32; 8]) -> f32 {
+pub(crate) fn fold8(x: [f32; 8]) -> f32 {
     ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]))
 }
 

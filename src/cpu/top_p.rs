@@ -281,7 +281,7 @@ fn to_e<const AVX2: bool>(kept: &mut [f32], n: &mut usize, zmax: f32, inv_t: f32
     for v in e.iter_mut() {
         *v = math::exp::<AVX2>((*v - zmax) * inv_t);
     }
-    let mass = lane_sum(e);
+    let mass = math::sum_at_least::<AVX2>(e, 0.0).1;
     if e.iter().map(|&v| usize::from(v == 0.0)).sum::<usize>() > 0 {
         let mut j = 0;
         for i in 0..*n {
@@ -294,7 +294,8 @@ fn to_e<const AVX2: bool>(kept: &mut [f32], n: &mut usize, zmax: f32, inv_t: f32
     mass
 }
 
-/// (Σ v, Σ v²) of values ≥ 0, each as in [`lane_sum`].
+/// (Σ v, Σ v²) of values ≥ 0, each summed as `math::sum_at_least` sums: 8 f32 lanes per 256
+/// values, then f64.
 #[inline(always)]
 fn lane_sums(values: &[f32]) -> (f64, f64) {
     let (mut s1, mut s2) = (0.0f64, 0.0f64);
@@ -312,38 +313,10 @@ fn lane_sums(values: &[f32]) -> (f64, f64) {
             a[j] += v;
             b[j] += v * v;
         }
-        s1 += fold8(a);
-        s2 += fold8(b);
+        s1 += math::fold8(a) as f64;
+        s2 += math::fold8(b) as f64;
     }
     (s1, s2)
-}
-
-/// The 8 lanes summed in a fixed pairwise order, as f64.
-#[inline(always)]
-fn fold8(l: [f32; 8]) -> f64 {
-    (((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))) as f64
-}
-
-/// Σ values ≥ 0: 8 f32 lanes per 256 values (32 terms per lane, 3 tree levels: ≤ 35 roundings,
-/// the bound of `math::exp_sums`), then f64.
-#[inline(always)]
-fn lane_sum(values: &[f32]) -> f64 {
-    let mut total = 0.0f64;
-    for block in values.chunks(256) {
-        let mut lanes = [0.0f32; 8];
-        let chunks = block.chunks_exact(8);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for j in 0..8 {
-                lanes[j] += c[j];
-            }
-        }
-        for (j, &v) in tail.iter().enumerate() {
-            lanes[j] += v;
-        }
-        total += fold8(lanes);
-    }
-    total
 }
 
 /// The count from the candidates `sc.kept[..n]` (e_i > 0; `above` known above them).
