@@ -203,23 +203,57 @@ fn term<const AVX2: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
 /// f64, whose error (≤ V·2⁻⁵³ ≈ 3e−11 for V = 2¹⁸) is negligible: the bound holds for any V.
 #[inline(always)]
 pub(crate) fn exp_sums<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32, f32) {
+    exp_sums_impl::<AVX2, false>(z, m, inv_t, &mut [])
+}
+
+/// [`exp_sums`] that also writes each e_i to `out[i]` (the top-p count keeps them instead of
+/// taking the `exp` again). Same lanes, order and results. Panics if `out` is shorter than `z`.
+#[inline(always)]
+pub(crate) fn exp_sums_into<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
+    exp_sums_impl::<AVX2, true>(z, m, inv_t, out)
+}
+
+/// The loop of [`exp_sums`]; `sink` sees each chunk's e_i (LANES of them, then the tail).
+#[inline(always)]
+fn exp_sums_with<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32, mut sink: impl FnMut(&[f32])) -> (f32, f32) {
     let mut s = [0.0f32; LANES];
     let mut w = [0.0f32; LANES];
     let chunks = z.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
+        let c: &[f32; LANES] = c.try_into().expect("chunk of LANES");
+        let mut e = [0.0f32; LANES];
         for j in 0..LANES {
             let (ej, dc) = term::<AVX2>(c[j], m, inv_t);
             s[j] += ej;
             w[j] = fma::<AVX2>(dc, ej, w[j]);
+            e[j] = ej;
         }
+        sink(&e);
     }
+    let mut e = [0.0f32; LANES];
     for (j, &v) in tail.iter().enumerate() {
         let (ej, dc) = term::<AVX2>(v, m, inv_t);
         s[j] += ej;
         w[j] = fma::<AVX2>(dc, ej, w[j]);
+        e[j] = ej;
     }
+    sink(&e[..tail.len()]);
     (tree_sum(s), tree_sum(w))
+}
+
+/// [`exp_sums_into`]: the same loop, each chunk copied out.
+#[inline(always)]
+fn exp_sums_impl<const AVX2: bool, const STORE: bool>(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
+    if !STORE {
+        return exp_sums_with::<AVX2>(z, m, inv_t, |_| {});
+    }
+    let out = &mut out[..z.len()];
+    let mut at = 0;
+    exp_sums_with::<AVX2>(z, m, inv_t, |e| {
+        out[at..at + e.len()].copy_from_slice(e);
+        at += e.len();
+    })
 }
 
 /// Σ e^{(z_i − m)/T} over a block whose max is ≤ m (m finite): the plain log-sum-exp's only
@@ -301,7 +335,7 @@ unsafe fn compact_at_most_avx2(src: &[f32], hi: f32, out: &mut [f32], n: &mut us
     for c in chunks {
         let v = _mm256_loadu_ps(c.as_ptr());
         let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi)) as usize;
-        let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+        let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
         // Stores all 8 lanes; only the first popcount(mask) are kept (the next store overwrites
         // the rest). In bounds: k + 8 ≤ out.len() by the caller's contract.
         _mm256_storeu_ps(out.as_mut_ptr().add(k), _mm256_permutevar8x32_ps(v, idx));
@@ -374,7 +408,7 @@ unsafe fn partition_avx2(src: &[f32], lo: f32, hi: f32, out: &mut [f32], n: &mut
         sw = _mm256_add_ps(sw, _mm256_and_ps(keep, v));
         count += _mm256_movemask_ps(gt).count_ones() as usize;
         let mask = _mm256_movemask_ps(keep) as usize;
-        let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+        let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
         _mm256_storeu_ps(out.as_mut_ptr().add(*n), _mm256_permutevar8x32_ps(v, idx));
         *n += mask.count_ones() as usize;
     }
@@ -452,23 +486,28 @@ pub(crate) fn fold8(x: [f32; 8]) -> f32 {
     ((x[0] + x[4]) + (x[2] + x[6])) + ((x[1] + x[5]) + (x[3] + x[7]))
 }
 
-/// Lane indices of the set bits of each 8-bit mask, packed one per byte (for `vpermps`).
+/// Lane indices of the set bits of each 8-bit mask, in order, one u32 per lane (the rest 0):
+/// one aligned 32-byte load gives `vpermps` its indices.
 #[cfg(target_arch = "x86_64")]
-static COMPACT_LUT: [u64; 256] = {
-    let mut t = [0u64; 256];
+#[repr(C, align(32))]
+struct Lut32([[u32; 8]; 256]);
+
+#[cfg(target_arch = "x86_64")]
+static COMPACT_LUT32: Lut32 = {
+    let mut t = [[0u32; 8]; 256];
     let mut m = 0;
     while m < 256 {
         let (mut k, mut j) = (0, 0);
         while j < 8 {
             if m & (1 << j) != 0 {
-                t[m] |= (j as u64) << (8 * k);
+                t[m][k] = j as u32;
                 k += 1;
             }
             j += 1;
         }
         m += 1;
     }
-    t
+    Lut32(t)
 };
 
 /// # Safety
@@ -513,7 +552,7 @@ unsafe fn compact_range_avx2(src: &[f32], lo: f32, hi: f32, out: &mut [f32], n: 
         }
         for q in 0..4 {
             let mask = _mm256_movemask_ps(keep[q]) as usize;
-            let idx = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(COMPACT_LUT[mask] as i64));
+            let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
             // Stores all 8 lanes; only the first popcount(mask) are kept (the next store
             // overwrites the rest). In bounds: *n + 8 ≤ out.len() by the caller's contract.
             _mm256_storeu_ps(out.as_mut_ptr().add(*n), _mm256_permutevar8x32_ps(v[q], idx));

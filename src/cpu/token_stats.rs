@@ -162,16 +162,25 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
                 let c = delta.exp();
                 acc.w = c * (acc.w + delta * acc.s);
                 acc.s *= c;
+                if KEEP {
+                    if let Some(k) = keeper.as_deref_mut() {
+                        k.rescale(c as f32);
+                    }
+                }
             }
             acc.m = bmax;
         }
         if acc.m != f32::NEG_INFINITY {
-            let (s, w) = math::exp_sums::<AVX2>(zb, acc.m, inv_t);
+            let e_out = if KEEP { keeper.as_deref_mut().and_then(|k| k.e_out(zb.len())) } else { None };
+            let (s, w) = match e_out {
+                Some(out) => math::exp_sums_into::<AVX2>(zb, acc.m, inv_t, out),
+                None => math::exp_sums::<AVX2>(zb, acc.m, inv_t),
+            };
             (acc.s, acc.w) = (acc.s + s as f64, acc.w + w as f64);
         }
         if KEEP {
             if let Some(k) = keeper.as_deref_mut() {
-                k.block::<AVX2>(zb, bmax, acc.m, acc.s);
+                k.block::<AVX2>(zb.len(), bmax, acc.m, acc.s);
             }
         }
     }
@@ -292,6 +301,20 @@ mod tests {
         {
             let z = uniform(n, a, &mut rng);
             assert_eq!(count(&z, t, p), Path::Bottom, "n = {n}, a = {a}");
+        }
+    }
+
+    #[test]
+    fn bottom_mode_rescales_what_it_kept_when_the_max_grows() {
+        // The kept e_i are relative to the running max: every 1000th token of a flat row rises
+        // above the rest, ever higher along the row, so the max grows in phase 0 and all
+        // through bottom mode, and every kept e_i and the threshold must follow (without the
+        // rescale the early candidates would weigh up to e^0.3 too much).
+        let mut rng = StdRng::seed_from_u64(6);
+        for (n, t) in [(151_936, 1.0), (60_000, 0.5)] {
+            let mut z = uniform(n, 0.5, &mut rng);
+            z.iter_mut().step_by(1000).enumerate().for_each(|(k, v)| *v = 0.5 + 0.3 * (1000 * k) as f32 / n as f32);
+            assert_eq!(count(&z, t, 0.95), Path::Bottom, "n = {n}");
         }
     }
 

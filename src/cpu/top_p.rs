@@ -4,21 +4,21 @@
 //! The statistics pass reads the row once; the count is then found from a small candidate set,
 //! gathered either during that pass or, after it, from a few cached blocks of the row:
 //!
-//! 1. **Phase 0**: the pass's first [`PHASE0_BLOCKS`] blocks (8192 tokens) are kept aside. At
-//!    their end, if the row is flat enough (its max at most [`FLAT_RATIO`] times the mean e_i),
-//!    every 4th of their e_i (relative to the running max) estimates where the crossing of p
-//!    lies, as if the rest of the row were like them: the threshold hi on e where their mass from
-//!    the top reaches p − δ, δ three standard errors of that fraction ([`mass_thresholds`]).
+//! 1. **Phase 0**: the pass writes the e_i = e^{(z_i − m)/T} of its first [`PHASE0_BLOCKS`]
+//!    blocks (8192 tokens) aside, m the running max (when m grows, every e_i kept so far is
+//!    rescaled). At their end, if the row is flat enough (its max at most [`FLAT_RATIO`] times
+//!    the mean e_i), every 8th of them estimates where the crossing of p lies, as if the rest of
+//!    the row were like them: the threshold hi on e where their mass from the top reaches p − δ,
+//!    δ three standard errors of that fraction ([`bottom_threshold`]).
 //! 2. **Bottom mode** (rows where the estimate puts ≤ [`BOTTOM_MAX`] of the tokens at or below
-//!    hi, e.g. flat rows, whose 95% set is most of the row): for the rest of the pass, every
-//!    token with z ≤ z_hi (hi as a logit) is appended to the candidate set by a branch-free
-//!    8-lane compaction, beside the exp. Nothing else is needed from the pass: the mass above
-//!    z_hi is S minus the candidates' mass, and their number is V minus theirs. If a block
-//!    brings more mass than the estimate allows (a spike after phase 0), bottom mode is
-//!    abandoned for the row.
-//! 3. After the pass (z_max and S known): in bottom mode, the phase-0 blocks are compacted the
-//!    same way, the candidates' e_i = e^{(z_i − z_max)/T} computed, and if the mass above z_hi is
-//!    below p·S the crossing is among them (exact; else the estimate missed: step 5).
+//!    hi, e.g. flat rows, whose 95% set is most of the row): phase 0's e_i ≤ hi and, for the
+//!    rest of the pass, every block's e_i ≤ hi (written by the `exp` loop, still in L1) are
+//!    appended to the candidate set by a branch-free 8-lane compaction. No `exp` is taken twice,
+//!    and nothing else is needed from the pass: the mass above hi is S minus the candidates'
+//!    mass, and their number is V minus theirs. If a block brings more mass than the estimate
+//!    allows (a spike after phase 0), bottom mode is abandoned for the row.
+//! 3. After the pass (S known): in bottom mode, if the mass above hi is below p·S the crossing
+//!    is among the candidates (exact; else the estimate missed: step 5).
 //! 4. **Head** (peaked rows, or bottom mode abandoned): the blocks' maxima, noted during the pass,
 //!    sorted down until their e_i sum to p·S: every token at or above the k-th largest maximum t
 //!    lies in a block whose max is ≥ t, and together they hold ≥ p·S, so the crossing is among
@@ -27,7 +27,8 @@
 //!    every token with e_i ≥ ½(1 − p)·S/V — a token with p_i < (1 − p)/V can never be in the
 //!    top-p set (DESIGN.md §5) — from a second read of the row.
 //! 6. **Radix select** on the candidates: e_i ≥ 0, so its f32 bits are an order-preserving
-//!    integer key. A histogram of f64 mass over the top ≤ 12 bits of (key − min key), a top-down
+//!    integer key. A histogram of f64 mass over the top bits of (key − min key) (about 4 values
+//!    per bucket, at most 4096 buckets), a top-down
 //!    scan to the bucket where the cumulative mass reaches p·S, keep only that bucket's members
 //!    (and count those above it, vectorised), repeat on the remaining bits until one key value
 //!    τ is left. Then the tie rule of DESIGN.md §4: k = #{e > τ} + ceil((p·S − M_{>τ}) / τ),
@@ -36,16 +37,19 @@
 //!
 //! Every step that decides the count is exact; the estimates only choose which exact step runs.
 //! Everything runs in row order with f64 masses: deterministic. Mass errors stay at the level of
-//! the statistics pass's S (≲ 3e−6 relative), inside the 1e−5 band.
+//! the statistics pass's S (≲ 3e−6 relative), inside the 1e−5 band; an e_i rescaled because the
+//! running max grew after it was kept carries one more f32 rounding (≲ 1e−7 relative).
 
 use crate::cpu::math::{self, BLOCK};
 
 /// Most bits resolved per histogram level (4096 buckets: 32 KB of f64 masses).
 const LEVEL_BITS: u32 = 12;
+/// Bits of the sampled window's histogram (1024 buckets for a sample of 1024).
+const WINDOW_BITS: u32 = 10;
 /// Blocks of phase 0 (8192 tokens): the sample that places bottom mode's threshold.
 const PHASE0_BLOCKS: usize = 16;
-/// Every 4th phase-0 token (2048) goes into the estimate.
-const PHASE0_STRIDE: usize = 4;
+/// Every 8th phase-0 token (1024) goes into the estimate.
+const PHASE0_STRIDE: usize = 8;
 /// Bottom mode is used when the estimate puts at most this fraction of the tokens at or below
 /// its threshold (compaction is branch-free: its cost does not depend on the fraction, but the
 /// exp and the selection after the pass do).
@@ -62,13 +66,16 @@ const HEAD_MAX_BLOCKS: usize = 64;
 /// Scratch of the selection, reused across rows.
 #[derive(Debug, Default)]
 pub(crate) struct TopPScratch {
-    /// Phase 0's logits.
+    /// Phase 0's e_i (relative to the running max).
     phase0: Vec<f32>,
+    /// The current block's e_i (bottom mode).
+    blk: Vec<f32>,
     /// Max logit of each block of the row, in row order.
     block_max: Vec<f32>,
     /// The head step's blocks: (max logit, its e), by descending max.
     order: Vec<(f32, f32)>,
-    /// Candidate logits (then their e_i), with 8 spare slots for the 8-lane compaction stores.
+    /// Candidates: their e_i (bottom mode: relative to the running max; head and fallback steps:
+    /// logits, then e_i), with 8 spare slots for the 8-lane compaction stores.
     kept: Vec<f32>,
     /// The next level's members (swapped with `kept`).
     next: Vec<f32>,
@@ -85,7 +92,7 @@ pub(crate) struct TopPScratch {
 enum Mode {
     /// Collecting phase 0.
     Phase0,
-    /// Appending every token with z ≤ `hi` to the candidates (from the block after phase 0).
+    /// Appending every token with e_i ≤ `hi` (relative to the running max) to the candidates.
     Bottom { hi: f32 },
     /// Nothing during the pass (head, then fallback, after it).
     Off,
@@ -109,8 +116,9 @@ pub(crate) struct Keeper<'a> {
     n: usize,
     /// Tokens seen so far.
     seen: usize,
-    /// Running max and S per token at the end of phase 0 (for the abandon test).
-    m0: f32,
+    /// Whether the pass wrote the current block's e_i (see [`Keeper::e_out`]).
+    written: bool,
+    /// S per token at the end of phase 0, relative to the running max (for the abandon test).
     rate0: f64,
 }
 
@@ -122,33 +130,78 @@ impl TopPScratch {
                 v.resize(vocab + 8, 0.0);
             }
         }
+        if self.blk.len() < BLOCK {
+            self.blk.resize(BLOCK, 0.0);
+        }
         self.block_max.clear();
         self.phase0.clear();
-        Keeper { sc: self, top_p, inv_t, mode: Mode::Phase0, n: 0, seen: 0, m0: 0.0, rate0: 0.0 }
+        Keeper { sc: self, top_p, inv_t, mode: Mode::Phase0, n: 0, seen: 0, written: false, rate0: 0.0 }
     }
 }
 
 impl Keeper<'_> {
-    /// Called for every block of the pass, in order, after its sums: `zb` the block, `bmax` its
-    /// max, `m` the running max and `s_run` = Σ e^{(z_i − m)/T} so far (this block included).
+    /// What the pass should do with the next block's `len` values e_i = e^{(z_i − m)/T}
+    /// (relative to the running max m), if the count needs them: in phase 0 and bottom mode.
+    /// The pass asks only when m is finite; a block it did not write holds only −inf (e_i = 0).
     #[inline(always)]
-    pub(crate) fn block<const AVX2: bool>(&mut self, zb: &[f32], bmax: f32, m: f32, s_run: f64) {
-        self.sc.block_max.push(bmax);
-        self.seen += zb.len();
+    pub(crate) fn e_out(&mut self, len: usize) -> Option<&mut [f32]> {
         match self.mode {
             Mode::Phase0 => {
-                self.sc.phase0.extend_from_slice(zb);
+                self.written = true;
+                let at = self.sc.phase0.len();
+                self.sc.phase0.resize(at + len, 0.0);
+                Some(&mut self.sc.phase0[at..])
+            }
+            Mode::Bottom { .. } => {
+                self.written = true;
+                Some(&mut self.sc.blk[..len])
+            }
+            Mode::Off => None,
+        }
+    }
+
+    /// The running max grew: every e_i kept so far is multiplied by `c` = e^{(m_old − m_new)/T}
+    /// (one f32 rounding each, ≲ 1e−7 relative: far inside the count's 1e−5 band).
+    #[inline(always)]
+    pub(crate) fn rescale(&mut self, c: f32) {
+        let kept = match &mut self.mode {
+            Mode::Phase0 => &mut self.sc.phase0[..],
+            Mode::Bottom { hi } => {
+                *hi *= c;
+                self.rate0 *= c as f64;
+                &mut self.sc.kept[..self.n]
+            }
+            Mode::Off => return,
+        };
+        for v in kept {
+            *v *= c;
+        }
+    }
+
+    /// Called for every block of the pass, in order, after its sums (and after [`Keeper::e_out`]'s
+    /// slice was written): `len` its length, `bmax` its max, `m` the running max and `s_run` =
+    /// Σ e^{(z_i − m)/T} so far (this block included).
+    #[inline(always)]
+    pub(crate) fn block<const AVX2: bool>(&mut self, len: usize, bmax: f32, m: f32, s_run: f64) {
+        self.sc.block_max.push(bmax);
+        self.seen += len;
+        let written = std::mem::replace(&mut self.written, false);
+        match self.mode {
+            Mode::Phase0 => {
+                if !written {
+                    let at = self.sc.phase0.len();
+                    self.sc.phase0.resize(at + len, 0.0);
+                }
                 if self.sc.block_max.len() == PHASE0_BLOCKS {
                     self.estimate::<AVX2>(m, s_run);
                 }
             }
             Mode::Bottom { hi } => {
-                let excess = s_run * ((m as f64 - self.m0 as f64) * self.inv_t as f64).exp();
-                if excess > ABANDON * self.rate0 * self.seen as f64 {
+                if s_run > ABANDON * self.rate0 * self.seen as f64 {
                     self.mode = Mode::Off;
                     self.n = 0;
-                } else {
-                    math::compact_at_most::<AVX2>(zb, hi, &mut self.sc.kept, &mut self.n);
+                } else if written {
+                    math::compact_at_most::<AVX2>(&self.sc.blk[..len], hi, &mut self.sc.kept, &mut self.n);
                 }
             }
             Mode::Off => {}
@@ -167,13 +220,9 @@ impl Keeper<'_> {
         if self.seen as f64 > FLAT_RATIO * s_run {
             return;
         }
-        let inv_t = self.inv_t;
         let sample = &mut self.sc.sample_src;
         sample.clear();
         sample.extend(self.sc.phase0.iter().step_by(PHASE0_STRIDE));
-        for v in sample.iter_mut() {
-            *v = math::exp::<AVX2>((*v - m) * inv_t);
-        }
         let n_s = sample.len();
         sample.retain(|&e| e > 0.0);
         let len = sample.len();
@@ -185,7 +234,7 @@ impl Keeper<'_> {
         // errors of that fraction (≈ √(p(1 − p)/ESS), ESS = (Σe)²/Σe² the effective size).
         let p = self.top_p as f64;
         let delta = 3.0 * (p * (1.0 - p) * s2 / (s1 * s1)).sqrt();
-        let (_, hi) = mass_thresholds(self.sc, (p - delta).max(0.0) * s1, f64::INFINITY);
+        let hi = bottom_threshold(self.sc, (1.0 - p + delta).min(1.0) * s1);
         if hi <= 0.0 {
             return;
         }
@@ -193,11 +242,10 @@ impl Keeper<'_> {
         if below as f64 > BOTTOM_MAX * n_s as f64 {
             return;
         }
-        let hi_z = m + hi.ln() / inv_t;
-        if hi_z.is_finite() {
-            self.mode = Mode::Bottom { hi: hi_z };
-            (self.m0, self.rate0) = (m, s_run / self.seen as f64);
-        }
+        // Bottom mode: phase 0's own candidates first.
+        self.mode = Mode::Bottom { hi };
+        self.rate0 = s_run / self.seen as f64;
+        math::compact_at_most::<AVX2>(&self.sc.phase0, hi, &mut self.sc.kept, &mut self.n);
     }
 
     /// The branch count at `top_p` of row `z` (`buf`: one block of f32), whose max logit is
@@ -225,12 +273,9 @@ impl Keeper<'_> {
         let Keeper { sc, top_p, inv_t, mode, mut n, .. } = self;
         let need = top_p as f64 * s;
         let vocab = z.len();
-        if let Mode::Bottom { hi } = mode {
-            for block in z.chunks(BLOCK).take(PHASE0_BLOCKS) {
-                math::compact_at_most::<AVX2>(math::widen(block, buf), hi, &mut sc.kept, &mut n);
-            }
+        if let Mode::Bottom { .. } = mode {
             let all = n;
-            let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+            let mass = drop_zeros::<AVX2>(&mut sc.kept, &mut n);
             let above = Above { count: vocab - all, mass: s - mass };
             if above.mass < need {
                 return (select::<AVX2>(sc, n, need, above), Path::Bottom);
@@ -277,12 +322,18 @@ impl Keeper<'_> {
 /// probability 0 (they hold no mass and are never counted), and returns the sum of all.
 #[inline(always)]
 fn to_e<const AVX2: bool>(kept: &mut [f32], n: &mut usize, zmax: f32, inv_t: f32) -> f64 {
-    let e = &mut kept[..*n];
-    for v in e.iter_mut() {
+    for v in kept[..*n].iter_mut() {
         *v = math::exp::<AVX2>((*v - zmax) * inv_t);
     }
-    let mass = math::sum_at_least::<AVX2>(e, 0.0).1;
-    if e.iter().map(|&v| usize::from(v == 0.0)).sum::<usize>() > 0 {
+    drop_zeros::<AVX2>(kept, n)
+}
+
+/// Drops the candidates `kept[..n]` (e_i ≥ 0) of probability 0 (they hold no mass and are
+/// never counted) and returns the sum of all.
+#[inline(always)]
+fn drop_zeros<const AVX2: bool>(kept: &mut [f32], n: &mut usize) -> f64 {
+    let (positive, mass) = math::sum_at_least::<AVX2>(&kept[..*n], f32::from_bits(1));
+    if positive < *n {
         let mut j = 0;
         for i in 0..*n {
             let v = kept[i];
@@ -353,7 +404,7 @@ struct Crossing {
 /// ones go straight to the histogram.
 const DIRECT: usize = 4096;
 /// Sample size for the window estimate.
-const SAMPLE: usize = 2048;
+const SAMPLE: usize = 1024;
 /// Most narrowing rounds (each one or two vectorised passes over the set).
 const MAX_ROUNDS: usize = 6;
 
@@ -376,11 +427,11 @@ fn narrow<const AVX2: bool>(sc: &mut TopPScratch, mut n: usize, need: f64, mut a
         }
         sc.sample_src.clear();
         sc.sample_src.extend(sc.kept[..n].iter().step_by(n / SAMPLE).take(SAMPLE));
-        let h = eighth_largest(&sc.sample_src);
         // A flat sample (effective size ≥ half its length) has no heavy head to measure.
-        let (s1, s2) = sc.sample_src.iter().fold((0.0f64, 0.0f64), |(a, b), &e| (a + e as f64, b + (e as f64).powi(2)));
-        let (head, m_head) =
-            if s1 * s1 >= s2 * (SAMPLE / 2) as f64 { (0, 0.0) } else { math::sum_at_least::<AVX2>(&sc.kept[..n], h) };
+        let (s1, s2) = lane_sums(&sc.sample_src);
+        let flat = s1 * s1 >= s2 * (sc.sample_src.len() / 2) as f64;
+        let h = if flat { f32::INFINITY } else { eighth_largest(&sc.sample_src) };
+        let (head, m_head) = if flat { (0, 0.0) } else { math::sum_at_least::<AVX2>(&sc.kept[..n], h) };
         let (from, to) = if above.mass + m_head >= need {
             // The crossing is in the head.
             (h, f32::INFINITY)
@@ -456,13 +507,42 @@ fn next_up(v: f32) -> f32 {
 #[inline(always)]
 fn sample_window(sc: &mut TopPScratch, n: usize, goal: f64) -> (f32, f32) {
     let sample = &sc.sample_src;
-    let (s1, s2) = sample.iter().fold((0.0f64, 0.0f64), |(a, b), &e| (a + e as f64, b + (e as f64).powi(2)));
+    let (s1, s2) = lane_sums(sample);
     if sample.is_empty() || s1 <= 0.0 {
         return (0.0, 0.0);
     }
     let eps = (3.0 / (s1 * s1 / s2).sqrt()).clamp(0.02, 0.5);
     let scale = n as f64 / sample.len() as f64;
     mass_thresholds(sc, goal * (1.0 - eps) / scale, goal * (1.0 + eps) / scale)
+}
+
+/// The threshold on the values of `sc.sample_src` (all > 0, not empty) below which they hold at
+/// most `below` of mass: the top edge of the highest bucket b of a 1024-bucket mass histogram
+/// whose lower buckets hold ≤ `below` (i.e. the mass at or above b's lower edge is ≥ the total
+/// minus `below`), found by a scan from the bottom (bottom mode's threshold lies low in the
+/// sample: the scan stops after a tenth of the buckets on flat rows).
+#[inline(always)]
+fn bottom_threshold(sc: &mut TopPScratch, below: f64) -> f32 {
+    const BITS: u32 = 10;
+    let sample = &sc.sample_src;
+    let (lo_key, hi_key) = key_range(sample);
+    let width = u32::BITS - (hi_key - lo_key).leading_zeros();
+    let shift = width.saturating_sub(BITS);
+    let nb = ((hi_key - lo_key) >> shift) as usize + 1;
+    if sc.mass.len() < nb {
+        sc.mass.resize(nb, 0.0);
+    }
+    let mass = &mut sc.mass[..nb];
+    mass.fill(0.0);
+    for &e in sample {
+        mass[((e.to_bits() - lo_key) >> shift) as usize] += e as f64;
+    }
+    let (mut b, mut cum) = (0, 0.0);
+    while b + 1 < nb && cum + mass[b] <= below {
+        cum += mass[b];
+        b += 1;
+    }
+    f32::from_bits(hi_key.min(lo_key + (((b + 1) as u32) << shift) - 1))
 }
 
 /// (lo, hi) on the values of `sc.sample_src` (all > 0, not empty): hi where their mass summed
@@ -473,7 +553,7 @@ fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
     let sample = &sc.sample_src;
     let (lo_key, hi_key) = key_range(sample);
     let width = u32::BITS - (hi_key - lo_key).leading_zeros();
-    let shift = width.saturating_sub(LEVEL_BITS);
+    let shift = width.saturating_sub(WINDOW_BITS);
     let nb = ((hi_key - lo_key) >> shift) as usize + 1;
     if sc.mass.len() < nb {
         sc.mass.resize(nb, 0.0);
@@ -522,8 +602,10 @@ fn radix<const AVX2: bool>(
     let (mut lo, mut hi) = key_range(&a[..n]);
     while lo < hi {
         let width = u32::BITS - (hi - lo).leading_zeros();
-        // About 2 buckets per value (at least 2), at most 2^LEVEL_BITS: small sets stay cheap.
-        let bits = width.min(LEVEL_BITS).min(usize::BITS - n.leading_zeros() + 1);
+        // About 4 values per bucket (at least 2 buckets), at most 2^LEVEL_BITS: the scan for
+        // the crossing is a chain of dependent f64 adds, so fewer buckets and one more level
+        // (on the crossing bucket's few members) cost less.
+        let bits = width.min(LEVEL_BITS).min((usize::BITS - n.leading_zeros()).saturating_sub(2).max(1));
         let shift = width - bits;
         let nb = ((hi - lo) >> shift) as usize + 1;
         if mass.len() < nb {
