@@ -44,8 +44,8 @@ use crate::cpu::math::{self, BLOCK};
 
 /// Most bits resolved per histogram level (4096 buckets: 32 KB of f64 masses).
 const LEVEL_BITS: u32 = 12;
-/// Bits of the sampled window's histogram (1024 buckets for a sample of 1024).
-const WINDOW_BITS: u32 = 10;
+/// Bits of a sample's mass histogram (1024 buckets for the samples of 1024).
+const SAMPLE_BITS: u32 = 10;
 /// Blocks of phase 0 (8192 tokens): the sample that places bottom mode's threshold.
 const PHASE0_BLOCKS: usize = 16;
 /// Every 8th phase-0 token (1024) goes into the estimate.
@@ -517,43 +517,31 @@ fn sample_window(sc: &mut TopPScratch, n: usize, goal: f64) -> (f32, f32) {
 }
 
 /// The threshold on the values of `sc.sample_src` (all > 0, not empty) below which they hold at
-/// most `below` of mass: the top edge of the highest bucket b of a 1024-bucket mass histogram
-/// whose lower buckets hold ≤ `below` (i.e. the mass at or above b's lower edge is ≥ the total
-/// minus `below`), found by a scan from the bottom (bottom mode's threshold lies low in the
-/// sample: the scan stops after a tenth of the buckets on flat rows).
+/// most `below` of mass: the top edge of the highest bucket b of [`sample_histogram`] whose lower
+/// buckets hold ≤ `below` (i.e. the mass at or above b's lower edge is ≥ the total minus
+/// `below`), found by a scan from the bottom (bottom mode's threshold lies low in the sample: the
+/// scan stops after a tenth of the buckets on flat rows).
 #[inline(always)]
 fn bottom_threshold(sc: &mut TopPScratch, below: f64) -> f32 {
-    const BITS: u32 = 10;
-    let sample = &sc.sample_src;
-    let (lo_key, hi_key) = key_range(sample);
-    let width = u32::BITS - (hi_key - lo_key).leading_zeros();
-    let shift = width.saturating_sub(BITS);
-    let nb = ((hi_key - lo_key) >> shift) as usize + 1;
-    if sc.mass.len() < nb {
-        sc.mass.resize(nb, 0.0);
-    }
-    let mass = &mut sc.mass[..nb];
-    mass.fill(0.0);
-    for &e in sample {
-        mass[((e.to_bits() - lo_key) >> shift) as usize] += e as f64;
-    }
+    let (lo_key, hi_key, shift) = sample_histogram(sc);
+    let mass = &sc.mass[..((hi_key - lo_key) >> shift) as usize + 1];
     let (mut b, mut cum) = (0, 0.0);
-    while b + 1 < nb && cum + mass[b] <= below {
+    while b + 1 < mass.len() && cum + mass[b] <= below {
         cum += mass[b];
         b += 1;
     }
     f32::from_bits(hi_key.min(lo_key + (((b + 1) as u32) << shift) - 1))
 }
 
-/// (lo, hi) on the values of `sc.sample_src` (all > 0, not empty): hi where their mass summed
-/// from the top reaches `upper`, lo where it reaches `lower` (0 if it never does), from one
-/// histogram (≤ 4096 buckets) and rounded outwards to bucket edges.
+/// The f64 mass histogram of `sc.sample_src` (all > 0, not empty) in `sc.mass`: at most
+/// 2^[`SAMPLE_BITS`] buckets over the top bits of (key − min key), key = the f32 bits. Returns
+/// (min key, max key, shift): bucket b holds the keys from min key + b·2^shift.
 #[inline(always)]
-fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
+fn sample_histogram(sc: &mut TopPScratch) -> (u32, u32, u32) {
     let sample = &sc.sample_src;
     let (lo_key, hi_key) = key_range(sample);
     let width = u32::BITS - (hi_key - lo_key).leading_zeros();
-    let shift = width.saturating_sub(WINDOW_BITS);
+    let shift = width.saturating_sub(SAMPLE_BITS);
     let nb = ((hi_key - lo_key) >> shift) as usize + 1;
     if sc.mass.len() < nb {
         sc.mass.resize(nb, 0.0);
@@ -563,6 +551,16 @@ fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
     for &e in sample {
         mass[((e.to_bits() - lo_key) >> shift) as usize] += e as f64;
     }
+    (lo_key, hi_key, shift)
+}
+
+/// (lo, hi) on the values of `sc.sample_src` (all > 0, not empty): hi where their mass summed
+/// from the top reaches `upper`, lo where it reaches `lower` (0 if it never does), from
+/// [`sample_histogram`], rounded outwards to bucket edges.
+#[inline(always)]
+fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
+    let (lo_key, hi_key, shift) = sample_histogram(sc);
+    let mass = &sc.mass[..((hi_key - lo_key) >> shift) as usize + 1];
     let edge = |b: usize| lo_key + ((b as u32) << shift);
     let (mut hi, mut lo) = (f32::from_bits(hi_key), 0.0);
     let mut cum = 0.0;
@@ -572,9 +570,6 @@ fn mass_thresholds(sc: &mut TopPScratch, upper: f64, lower: f64) -> (f32, f32) {
         if !placed_hi && cum >= upper {
             hi = f32::from_bits(hi_key.min(edge(b + 1) - 1));
             placed_hi = true;
-            if lower == f64::INFINITY {
-                break;
-            }
         }
         if cum >= lower {
             lo = f32::from_bits(edge(b));
