@@ -203,14 +203,19 @@ fn term<const AVX2: bool>(v: f32, m: f32, inv_t: f32) -> (f32, f32) {
 /// f64, whose error (≤ V·2⁻⁵³ ≈ 3e−11 for V = 2¹⁸) is negligible: the bound holds for any V.
 #[inline(always)]
 pub(crate) fn exp_sums<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32, f32) {
-    exp_sums_impl::<AVX2, false>(z, m, inv_t, &mut [])
+    exp_sums_with::<AVX2>(z, m, inv_t, |_| {})
 }
 
 /// [`exp_sums`] that also writes each e_i to `out[i]` (the top-p count keeps them instead of
 /// taking the `exp` again). Same lanes, order and results. Panics if `out` is shorter than `z`.
 #[inline(always)]
 pub(crate) fn exp_sums_into<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
-    exp_sums_impl::<AVX2, true>(z, m, inv_t, out)
+    let out = &mut out[..z.len()];
+    let mut at = 0;
+    exp_sums_with::<AVX2>(z, m, inv_t, |e| {
+        out[at..at + e.len()].copy_from_slice(e);
+        at += e.len();
+    })
 }
 
 /// The loop of [`exp_sums`]; `sink` sees each chunk's e_i (LANES of them, then the tail).
@@ -240,20 +245,6 @@ fn exp_sums_with<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32, mut sink: impl
     }
     sink(&e[..tail.len()]);
     (tree_sum(s), tree_sum(w))
-}
-
-/// [`exp_sums_into`]: the same loop, each chunk copied out.
-#[inline(always)]
-fn exp_sums_impl<const AVX2: bool, const STORE: bool>(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
-    if !STORE {
-        return exp_sums_with::<AVX2>(z, m, inv_t, |_| {});
-    }
-    let out = &mut out[..z.len()];
-    let mut at = 0;
-    exp_sums_with::<AVX2>(z, m, inv_t, |e| {
-        out[at..at + e.len()].copy_from_slice(e);
-        at += e.len();
-    })
 }
 
 /// Σ e^{(z_i − m)/T} over a block whose max is ≤ m (m finite): the plain log-sum-exp's only
