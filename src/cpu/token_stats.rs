@@ -110,7 +110,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             scratch.buf.resize(BLOCK, 0.0);
         }
         let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
-        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p, inv_t));
+        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p, inv_t, z.as_ptr().cast()));
         let sums = match keeper.as_mut() {
             Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
             None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None),
@@ -171,7 +171,7 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
             acc.m = bmax;
         }
         if acc.m != f32::NEG_INFINITY {
-            let e_out = if KEEP { keeper.as_deref_mut().and_then(|k| k.e_out(zb.len())) } else { None };
+            let e_out = if KEEP { keeper.as_deref_mut().and_then(|k| k.e_out(zb)) } else { None };
             let (s, w) = match e_out {
                 Some(out) => math::exp_sums_into::<AVX2>(zb, acc.m, inv_t, out),
                 None => math::exp_sums::<AVX2>(zb, acc.m, inv_t),
@@ -269,7 +269,7 @@ mod tests {
             let mut scratch = Scratch::default();
             let Scratch { buf, top_p: tp, .. } = &mut scratch;
             buf.resize(BLOCK, 0.0);
-            let mut k = tp.start(z.len(), top_p, inv_t);
+            let mut k = tp.start(z.len(), top_p, inv_t, z.as_ptr());
             let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k)).expect("finite row");
             k.branch_path::<f32, AVX2>(z, buf, m, s)
         }

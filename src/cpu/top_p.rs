@@ -66,9 +66,9 @@ const HEAD_MAX_BLOCKS: usize = 64;
 /// Scratch of the selection, reused across rows.
 #[derive(Debug, Default)]
 pub(crate) struct TopPScratch {
-    /// Phase 0's e_i (relative to the running max).
+    /// Phase 0's e_i (relative to the running max), from `Keeper::p0` on (see [`aligned_start`]).
     phase0: Vec<f32>,
-    /// The current block's e_i (bottom mode).
+    /// The current block's e_i (bottom mode), from `Keeper::at` on (see [`aligned_start`]).
     blk: Vec<f32>,
     /// Max logit of each block of the row, in row order.
     block_max: Vec<f32>,
@@ -120,22 +120,43 @@ pub(crate) struct Keeper<'a> {
     written: bool,
     /// S per token at the end of phase 0, relative to the running max (for the abandon test).
     rate0: f64,
+    /// Where in `blk` the current block's e_i start (see [`aligned_start`]).
+    at: usize,
+    /// Phase 0's e_i are `sc.phase0[p0..p0 + p0_len]`.
+    p0: usize,
+    p0_len: usize,
 }
 
 impl TopPScratch {
-    /// Starts a row of `vocab` tokens at `top_p` and inverse temperature `inv_t`.
-    pub(crate) fn start(&mut self, vocab: usize, top_p: f32, inv_t: f32) -> Keeper<'_> {
+    /// Starts a row of `vocab` tokens at `top_p` and inverse temperature `inv_t`; `row` is the
+    /// address of its first logit (only to place the e_i buffers, see [`aligned_start`]).
+    pub(crate) fn start(&mut self, vocab: usize, top_p: f32, inv_t: f32, row: *const f32) -> Keeper<'_> {
         for v in [&mut self.kept, &mut self.next] {
             if v.len() < vocab + 8 {
                 v.resize(vocab + 8, 0.0);
             }
         }
-        if self.blk.len() < BLOCK {
-            self.blk.resize(BLOCK, 0.0);
+        if self.blk.len() < BLK_LEN {
+            self.blk.resize(BLK_LEN, 0.0);
+        }
+        if self.phase0.len() < PHASE0_BLOCKS * BLOCK + PAGE_F32 {
+            self.phase0.resize(PHASE0_BLOCKS * BLOCK + PAGE_F32, 0.0);
         }
         self.block_max.clear();
-        self.phase0.clear();
-        Keeper { sc: self, top_p, inv_t, mode: Mode::Phase0, n: 0, seen: 0, written: false, rate0: 0.0 }
+        let p0 = aligned_start(&self.phase0, row);
+        Keeper {
+            sc: self,
+            top_p,
+            inv_t,
+            mode: Mode::Phase0,
+            n: 0,
+            seen: 0,
+            written: false,
+            rate0: 0.0,
+            at: 0,
+            p0,
+            p0_len: 0,
+        }
     }
 }
 
@@ -144,17 +165,19 @@ impl Keeper<'_> {
     /// (relative to the running max m), if the count needs them: in phase 0 and bottom mode.
     /// The pass asks only when m is finite; a block it did not write holds only −inf (e_i = 0).
     #[inline(always)]
-    pub(crate) fn e_out(&mut self, len: usize) -> Option<&mut [f32]> {
+    pub(crate) fn e_out(&mut self, zb: &[f32]) -> Option<&mut [f32]> {
+        let len = zb.len();
         match self.mode {
             Mode::Phase0 => {
                 self.written = true;
-                let at = self.sc.phase0.len();
-                self.sc.phase0.resize(at + len, 0.0);
-                Some(&mut self.sc.phase0[at..])
+                let at = self.p0 + self.p0_len;
+                self.p0_len += len;
+                Some(&mut self.sc.phase0[at..at + len])
             }
             Mode::Bottom { .. } => {
                 self.written = true;
-                Some(&mut self.sc.blk[..len])
+                self.at = aligned_start(&self.sc.blk, zb.as_ptr());
+                Some(&mut self.sc.blk[self.at..self.at + len])
             }
             Mode::Off => None,
         }
@@ -165,7 +188,7 @@ impl Keeper<'_> {
     #[inline(always)]
     pub(crate) fn rescale(&mut self, c: f32) {
         let kept = match &mut self.mode {
-            Mode::Phase0 => &mut self.sc.phase0[..],
+            Mode::Phase0 => &mut self.sc.phase0[self.p0..self.p0 + self.p0_len],
             Mode::Bottom { hi } => {
                 *hi *= c;
                 self.rate0 *= c as f64;
@@ -189,8 +212,9 @@ impl Keeper<'_> {
         match self.mode {
             Mode::Phase0 => {
                 if !written {
-                    let at = self.sc.phase0.len();
-                    self.sc.phase0.resize(at + len, 0.0);
+                    let at = self.p0 + self.p0_len;
+                    self.sc.phase0[at..at + len].fill(0.0);
+                    self.p0_len += len;
                 }
                 if self.sc.block_max.len() == PHASE0_BLOCKS {
                     self.estimate::<AVX2>(m, s_run);
@@ -201,7 +225,12 @@ impl Keeper<'_> {
                     self.mode = Mode::Off;
                     self.n = 0;
                 } else if written {
-                    math::compact_at_most::<AVX2>(&self.sc.blk[..len], hi, &mut self.sc.kept, &mut self.n);
+                    math::compact_at_most::<AVX2>(
+                        &self.sc.blk[self.at..self.at + len],
+                        hi,
+                        &mut self.sc.kept,
+                        &mut self.n,
+                    );
                 }
             }
             Mode::Off => {}
@@ -222,7 +251,8 @@ impl Keeper<'_> {
         }
         let sample = &mut self.sc.sample_src;
         sample.clear();
-        sample.extend(self.sc.phase0.iter().step_by(PHASE0_STRIDE));
+        let phase0 = &self.sc.phase0[self.p0..self.p0 + self.p0_len];
+        sample.extend(phase0.iter().step_by(PHASE0_STRIDE));
         let n_s = sample.len();
         sample.retain(|&e| e > 0.0);
         let len = sample.len();
@@ -245,7 +275,8 @@ impl Keeper<'_> {
         // Bottom mode: phase 0's own candidates first.
         self.mode = Mode::Bottom { hi };
         self.rate0 = s_run / self.seen as f64;
-        math::compact_at_most::<AVX2>(&self.sc.phase0, hi, &mut self.sc.kept, &mut self.n);
+        let phase0 = &self.sc.phase0[self.p0..self.p0 + self.p0_len];
+        math::compact_at_most::<AVX2>(phase0, hi, &mut self.sc.kept, &mut self.n);
     }
 
     /// The branch count at `top_p` of row `z` (`buf`: one block of f32), whose max logit is
@@ -637,4 +668,45 @@ fn radix<const AVX2: bool>(
 #[inline(always)]
 fn key_range(kept: &[f32]) -> (u32, u32) {
     kept.iter().fold((u32::MAX, 0), |(lo, hi), e| (lo.min(e.to_bits()), hi.max(e.to_bits())))
+}
+
+/// f32 in a 4096-byte page.
+const PAGE_F32: usize = 4096 / std::mem::size_of::<f32>();
+/// Length of `blk`: a block, and room to slide it within a page.
+const BLK_LEN: usize = BLOCK + PAGE_F32;
+
+/// The index of `buf` whose address agrees with `target`'s modulo 4096 bytes (`buf` holds one
+/// page more than it needs). The `exp` loop loads z_i from the row and stores e_i into a
+/// buffer; a load whose address matches an earlier, still pending store in its low 12 bits
+/// waits for that store (4K aliasing), which with a buffer at a fixed offset happens for every
+/// block of the row that sits a little below the buffer within a page (on flat rows it made the
+/// one extra store per 8 tokens cost as much as the compaction). At the same offset, a load of
+/// z_j only ever matches the store of e_j, which comes after it.
+#[inline(always)]
+fn aligned_start(buf: &[f32], target: *const f32) -> usize {
+    let want = (target as usize / std::mem::size_of::<f32>()) % PAGE_F32;
+    let have = (buf.as_ptr() as usize / std::mem::size_of::<f32>()) % PAGE_F32;
+    (want + PAGE_F32 - have) % PAGE_F32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slid buffers start at the logits' offset within a page and still hold what is
+    /// written there (a block in `blk`, phase 0 in `phase0`).
+    #[test]
+    fn aligned_starts_match_the_logits_page_offset_and_fit() {
+        let row = vec![0.0f32; 4 * PAGE_F32];
+        let blk = vec![0.0f32; BLK_LEN];
+        let phase0 = vec![0.0f32; PHASE0_BLOCKS * BLOCK + PAGE_F32];
+        for shift in 0..PAGE_F32 + 3 {
+            let target = row[shift..].as_ptr();
+            for (buf, need) in [(&blk, BLOCK), (&phase0, PHASE0_BLOCKS * BLOCK)] {
+                let at = aligned_start(buf, target);
+                assert!(at + need <= buf.len(), "shift {shift}: {at} + {need} > {}", buf.len());
+                assert_eq!(buf[at..].as_ptr() as usize % 4096, target as usize % 4096, "shift {shift}");
+            }
+        }
+    }
 }
