@@ -35,6 +35,15 @@ pub(crate) fn fma<const AVX2: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// 1.5·2²³: adding it rounds to an integer, whose bits then sit in the low mantissa bits.
+const SHIFTER: f32 = 12_582_912.0;
+/// 355/512: n·LN2_HI is exact for |n| ≤ 2¹⁵.
+const LN2_HI: f32 = 0.693_359_4;
+/// ln2 − LN2_HI.
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// The degree-5 Cephes `expf` polynomial, highest degree first.
+const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+
 /// e^x for `EXP_LO < x ≤ 88` (the caller clamps; see [`exp`]), branch-free.
 ///
 /// Cody–Waite reduction x = n·ln2 + r with |r| ≤ ln2/2 (n rounded by the 1.5·2²³ shifter, whose
@@ -44,10 +53,7 @@ pub(crate) fn fma<const AVX2: bool>(a: f32, b: f32, c: f32) -> f32 {
 #[inline(always)]
 fn exp_core<const AVX2: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const SHIFTER: f32 = 12_582_912.0; // 1.5·2^23
-    const LN2_HI: f32 = 0.693_359_4; // 355/512: n·LN2_HI is exact for |n| ≤ 2^15
-    const LN2_LO: f32 = -2.121_944_4e-4; // ln2 − LN2_HI
-    const P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    const P: [f32; 6] = EXP_P;
     let t = fma::<AVX2>(x, LOG2E, SHIFTER);
     let n = t - SHIFTER;
     let r = fma::<AVX2>(n, -LN2_LO, fma::<AVX2>(n, -LN2_HI, x));
@@ -211,11 +217,87 @@ pub(crate) fn exp_sums<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32) -> (f32,
 #[inline(always)]
 pub(crate) fn exp_sums_into<const AVX2: bool>(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
     let out = &mut out[..z.len()];
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 and FMA (see
+        // `dispatch`); `out` is as long as `z`.
+        return unsafe { exp_sums_into_avx2(z, m, inv_t, out) };
+    }
     let mut at = 0;
     exp_sums_with::<AVX2>(z, m, inv_t, |e| {
         out[at..at + e.len()].copy_from_slice(e);
         at += e.len();
     })
+}
+
+/// [`exp_core`] on 8 lanes: the same operations in the same order, so the same results as the
+/// FMA copy of the scalar code.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_core8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let shifter = _mm256_set1_ps(SHIFTER);
+    let t = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), shifter);
+    let n = _mm256_sub_ps(t, shifter);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x));
+    let mut p = _mm256_set1_ps(EXP_P[0]);
+    for &c in &EXP_P[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+    let n_int = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(shifter));
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(scale))
+}
+
+/// [`exp_sums_into`] with AVX2 intrinsics: lanes 0–7 and 8–15 of S and W in four registers
+/// (the auto-vectorised loop with the extra stores kept S on the stack, a store-to-load
+/// round trip in its dependency chain every 16 tokens).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `out.len() >= z.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn exp_sums_into_avx2(z: &[f32], m: f32, inv_t: f32, out: &mut [f32]) -> (f32, f32) {
+    use std::arch::x86_64::*;
+    let (vm, vt, vlo) = (_mm256_set1_ps(m), _mm256_set1_ps(inv_t), _mm256_set1_ps(EXP_LO));
+    let term8 = |x: __m256| {
+        let d = _mm256_mul_ps(_mm256_sub_ps(x, vm), vt);
+        let ok = _mm256_cmp_ps::<_CMP_GT_OQ>(d, vlo);
+        let dc = _mm256_blendv_ps(vlo, d, ok);
+        (_mm256_and_ps(ok, exp_core8(dc)), dc)
+    };
+    let (mut s0, mut s1, mut w0, mut w1) =
+        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+    let full = z.len() / LANES;
+    let (zp, op) = (z.as_ptr(), out.as_mut_ptr());
+    for i in 0..full {
+        let (ea, da) = term8(_mm256_loadu_ps(zp.add(LANES * i)));
+        let (eb, db) = term8(_mm256_loadu_ps(zp.add(LANES * i + 8)));
+        s0 = _mm256_add_ps(s0, ea);
+        s1 = _mm256_add_ps(s1, eb);
+        w0 = _mm256_fmadd_ps(da, ea, w0);
+        w1 = _mm256_fmadd_ps(db, eb, w1);
+        _mm256_storeu_ps(op.add(LANES * i), ea);
+        _mm256_storeu_ps(op.add(LANES * i + 8), eb);
+    }
+    let (mut s, mut w) = ([0.0f32; LANES], [0.0f32; LANES]);
+    _mm256_storeu_ps(s.as_mut_ptr(), s0);
+    _mm256_storeu_ps(s.as_mut_ptr().add(8), s1);
+    _mm256_storeu_ps(w.as_mut_ptr(), w0);
+    _mm256_storeu_ps(w.as_mut_ptr().add(8), w1);
+    for (j, &v) in z[LANES * full..].iter().enumerate() {
+        let (ej, dc) = term::<true>(v, m, inv_t);
+        s[j] += ej;
+        w[j] = fma::<true>(dc, ej, w[j]);
+        *op.add(LANES * full + j) = ej;
+    }
+    (tree_sum(s), tree_sum(w))
 }
 
 /// The loop of [`exp_sums`]; `sink` sees each chunk's e_i (LANES of them, then the tail).
@@ -641,5 +723,44 @@ mod tests {
         let (s, w) = exp_sums::<false>(&z, 0.0, 1.0);
         assert!((s as f64 - (1.0 + (-1.0f64).exp())).abs() < 1e-6);
         assert!((w as f64 + (-1.0f64).exp()).abs() < 1e-6);
+    }
+
+    /// `exp_sums_into` (hand-written AVX2 loop) against `exp_sums` and `term` (auto-vectorised):
+    /// the same S, W and e_i bit for bit, for every tail length, −inf logits and a temperature,
+    /// with and without AVX2.
+    #[test]
+    fn exp_sums_into_matches_exp_sums_bit_for_bit() {
+        struct Check;
+        impl SimdKernel for Check {
+            type Out = ();
+            #[inline(always)]
+            fn run<const AVX2: bool>(self) {
+                let mut x = 0x2545_f491u32;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as f32 / u32::MAX as f32
+                };
+                for len in [0, 1, 7, 15, 16, 17, 31, 100, 511, BLOCK] {
+                    let mut z: Vec<f32> = (0..len).map(|_| 40.0 * next() - 30.0).collect();
+                    for i in (0..len).step_by(13) {
+                        z[i] = f32::NEG_INFINITY;
+                    }
+                    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)).max(0.0);
+                    for inv_t in [1.0, 1.0 / 0.7] {
+                        let mut out = vec![f32::NAN; len];
+                        let (s, w) = exp_sums_into::<AVX2>(&z, m, inv_t, &mut out);
+                        let (s0, w0) = exp_sums::<AVX2>(&z, m, inv_t);
+                        assert_eq!((s.to_bits(), w.to_bits()), (s0.to_bits(), w0.to_bits()), "len {len}, AVX2 {AVX2}");
+                        for (i, (&v, &e)) in z.iter().zip(&out).enumerate() {
+                            assert_eq!(e.to_bits(), term::<AVX2>(v, m, inv_t).0.to_bits(), "len {len}, i {i}");
+                        }
+                    }
+                }
+            }
+        }
+        dispatch(Check);
+        Check.run::<false>();
     }
 }
