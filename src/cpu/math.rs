@@ -191,6 +191,65 @@ unsafe fn max_and_flag_avx2<const FLAG: bool>(z: &[f32]) -> (f32, bool) {
     (m, any_bad)
 }
 
+/// [`max_and_bad`] that also appends every value ≤ `hi` of the block to `out[*n..]` (in
+/// order, as [`compact_at_most`]): the top-p candidates of bottom mode, taken while the block
+/// is read from memory. Panics if `out` is shorter than `*n + z.len() + 8`.
+#[inline(always)]
+pub(crate) fn max_and_bad_compact<const AVX2: bool>(z: &[f32], hi: f32, out: &mut [f32], n: &mut usize) -> (f32, bool) {
+    assert!(out.len() >= *n + z.len() + 8, "compaction buffer too short");
+    #[cfg(target_arch = "x86_64")]
+    if AVX2 {
+        // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 and POPCNT (see
+        // `dispatch`); `out` has room for every 8-lane store (asserted above).
+        return unsafe { max_and_bad_compact_avx2(z, hi, out, n) };
+    }
+    compact_at_most::<AVX2>(z, hi, out, n);
+    max_and_bad::<AVX2>(z)
+}
+
+/// [`max_and_bad_compact`] on 2×8 lanes.
+///
+/// # Safety
+/// The CPU must support AVX2 and POPCNT, and `out.len() >= *n + z.len() + 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,popcnt")]
+#[inline]
+unsafe fn max_and_bad_compact_avx2(z: &[f32], hi: f32, out: &mut [f32], n: &mut usize) -> (f32, bool) {
+    use std::arch::x86_64::*;
+    let (inf, vhi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(hi));
+    let (mut m0, mut m1) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
+    let mut bad = _mm256_setzero_ps();
+    let chunks = z.chunks_exact(16);
+    let tail = chunks.remainder();
+    let op = out.as_mut_ptr();
+    let mut k = *n;
+    for c in chunks {
+        let (a, b) = (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(c.as_ptr().add(8)));
+        m0 = _mm256_max_ps(a, m0);
+        m1 = _mm256_max_ps(b, m1);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(b, inf));
+        for v in [a, b] {
+            let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi)) as usize;
+            let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
+            _mm256_storeu_ps(op.add(k), _mm256_permutevar8x32_ps(v, idx));
+            k += mask.count_ones() as usize;
+        }
+    }
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m0, m1));
+    let mut m = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut any_bad = _mm256_movemask_ps(bad) != 0;
+    for &v in tail {
+        m = if v > m { v } else { m };
+        any_bad |= !matches!(v.partial_cmp(&f32::INFINITY), Some(std::cmp::Ordering::Less));
+        *op.add(k) = v;
+        k += usize::from(v <= hi);
+    }
+    *n = k;
+    (m, any_bad)
+}
+
 /// e = e^d and d clamped to ≥ [`EXP_LO`] for d = (v − m)·inv_t. The clamped d is what the entropy
 /// sum multiplies by e: for v = −inf, d·e would be −inf·0 = NaN, while EXP_LO·0 = 0.
 #[inline(always)]
@@ -723,6 +782,48 @@ mod tests {
         let (s, w) = exp_sums::<false>(&z, 0.0, 1.0);
         assert!((s as f64 - (1.0 + (-1.0f64).exp())).abs() < 1e-6);
         assert!((w as f64 + (-1.0f64).exp()).abs() < 1e-6);
+    }
+
+    /// `max_and_bad_compact` (one read) against `max_and_bad` and `compact_at_most` (two), with
+    /// and without AVX2: the same max, flag, candidates in order and count, for every tail length
+    /// and with ties at the threshold, −inf and +inf.
+    #[test]
+    fn max_and_bad_compact_matches_its_two_parts() {
+        struct Check;
+        impl SimdKernel for Check {
+            type Out = ();
+            #[inline(always)]
+            fn run<const AVX2: bool>(self) {
+                let mut x = 0x9e37_79b9u32;
+                for len in [0, 1, 7, 15, 16, 17, 33, 100, BLOCK] {
+                    let mut z: Vec<f32> = (0..len)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 17;
+                            x ^= x << 5;
+                            (x % 64) as f32 / 8.0 - 4.0
+                        })
+                        .collect();
+                    for i in (3..len).step_by(29) {
+                        z[i] = f32::NEG_INFINITY;
+                    }
+                    if len > 40 {
+                        z[40] = f32::INFINITY;
+                    }
+                    for hi in [-1.0, 0.5, 10.0] {
+                        let (mut got, mut want) = (vec![0.0f32; len + 8], vec![0.0f32; len + 8]);
+                        let (mut n_got, mut n_want) = (0, 0);
+                        let mb = max_and_bad_compact::<AVX2>(&z, hi, &mut got, &mut n_got);
+                        compact_at_most::<AVX2>(&z, hi, &mut want, &mut n_want);
+                        assert_eq!(mb, max_and_bad::<AVX2>(&z), "len {len}, hi {hi}");
+                        assert_eq!(n_got, z.iter().filter(|&&v| v <= hi).count(), "len {len}, hi {hi}");
+                        assert_eq!(got[..n_got], want[..n_want], "len {len}, hi {hi}");
+                    }
+                }
+            }
+        }
+        dispatch(Check);
+        Check.run::<false>();
     }
 
     /// `exp_sums_into` (hand-written AVX2 loop) against `exp_sums` and `term` (auto-vectorised):

@@ -110,7 +110,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             scratch.buf.resize(BLOCK, 0.0);
         }
         let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
-        let mut keeper = top_p.map(|p| scratch.top_p.start(z.len(), p, inv_t, z.as_ptr().cast()));
+        let mut keeper = top_p.map(|p| scratch.top_p.start(p, inv_t, bytemuck::cast_slice(z)));
         let sums = match keeper.as_mut() {
             Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
             None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None),
@@ -152,7 +152,10 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
     let mut acc = Sums { m: f32::NEG_INFINITY, s: 0.0, w: 0.0 };
     for block in z.chunks(BLOCK) {
         let zb = math::widen(block, buf);
-        let (bmax, bad) = math::max_and_bad::<AVX2>(zb);
+        let (bmax, bad) = match keeper.as_deref_mut() {
+            Some(k) if KEEP => k.scan::<AVX2>(zb),
+            _ => math::max_and_bad::<AVX2>(zb),
+        };
         if bad {
             return None;
         }
@@ -171,7 +174,7 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
             acc.m = bmax;
         }
         if acc.m != f32::NEG_INFINITY {
-            let e_out = if KEEP { keeper.as_deref_mut().and_then(|k| k.e_out(zb)) } else { None };
+            let e_out = if KEEP { keeper.as_deref_mut().and_then(|k| k.e_out(zb.len())) } else { None };
             let (s, w) = match e_out {
                 Some(out) => math::exp_sums_into::<AVX2>(zb, acc.m, inv_t, out),
                 None => math::exp_sums::<AVX2>(zb, acc.m, inv_t),
@@ -269,7 +272,7 @@ mod tests {
             let mut scratch = Scratch::default();
             let Scratch { buf, top_p: tp, .. } = &mut scratch;
             buf.resize(BLOCK, 0.0);
-            let mut k = tp.start(z.len(), top_p, inv_t, z.as_ptr());
+            let mut k = tp.start(top_p, inv_t, z);
             let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k)).expect("finite row");
             k.branch_path::<f32, AVX2>(z, buf, m, s)
         }
@@ -305,11 +308,11 @@ mod tests {
     }
 
     #[test]
-    fn bottom_mode_rescales_what_it_kept_when_the_max_grows() {
-        // The kept e_i are relative to the running max: every 1000th token of a flat row rises
-        // above the rest, ever higher along the row, so the max grows in phase 0 and all
-        // through bottom mode, and every kept e_i and the threshold must follow (without the
-        // rescale the early candidates would weigh up to e^0.3 too much).
+    fn bottom_mode_survives_a_max_that_keeps_growing() {
+        // Every 1000th token of a flat row rises above the rest, ever higher along the row, so
+        // the max grows in phase 0 (whose e_i are rescaled) and all through bottom mode (whose
+        // logit threshold and candidates must not be: their e_i are taken after the pass, from
+        // the row's final max).
         let mut rng = StdRng::seed_from_u64(6);
         for (n, t) in [(151_936, 1.0), (60_000, 0.5)] {
             let mut z = uniform(n, 0.5, &mut rng);

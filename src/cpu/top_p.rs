@@ -11,14 +11,18 @@
 //!    the row were like them: the threshold hi on e where their mass from the top reaches p − δ,
 //!    δ three standard errors of that fraction ([`bottom_threshold`]).
 //! 2. **Bottom mode** (rows where the estimate puts ≤ [`BOTTOM_MAX`] of the tokens at or below
-//!    hi, e.g. flat rows, whose 95% set is most of the row): phase 0's e_i ≤ hi and, for the
-//!    rest of the pass, every block's e_i ≤ hi (written by the `exp` loop, still in L1) are
-//!    appended to the candidate set by a branch-free 8-lane compaction. No `exp` is taken twice,
-//!    and nothing else is needed from the pass: the mass above hi is S minus the candidates'
-//!    mass, and their number is V minus theirs. If a block brings more mass than the estimate
-//!    allows (a spike after phase 0), bottom mode is abandoned for the row.
-//! 3. After the pass (S known): in bottom mode, if the mass above hi is below p·S the crossing
-//!    is among the candidates (exact; else the estimate missed: step 5).
+//!    hi, e.g. flat rows, whose 95% set is most of the row): the threshold becomes a logit,
+//!    zhi = m + T·ln hi, and every logit ≤ zhi — phase 0's (read again from L2) and, for the
+//!    rest of the pass, each block's, in the same loop that finds the block's max while it comes
+//!    from memory — is appended to the candidate set by a branch-free 8-lane compaction. The
+//!    `exp` loop stays that of the statistics alone (it stores nothing), and nothing else is
+//!    needed from the pass: the mass above zhi is S minus the candidates' mass, and their number
+//!    is V minus theirs. A logit threshold needs no rescaling when the running max grows. If a
+//!    block brings more mass than the estimate allows (a spike after phase 0), bottom mode is
+//!    abandoned for the row.
+//! 3. After the pass (S known): in bottom mode the candidates' e_i are taken (an `exp` for
+//!    about a tenth of the row, relative to the row's max), and if the mass above zhi is below
+//!    p·S the crossing is among them (exact; else the estimate missed: step 5).
 //! 4. **Head** (peaked rows, or bottom mode abandoned): the blocks' maxima, noted during the pass,
 //!    sorted down until their e_i sum to p·S: every token at or above the k-th largest maximum t
 //!    lies in a block whose max is ≥ t, and together they hold ≥ p·S, so the crossing is among
@@ -37,8 +41,9 @@
 //!
 //! Every step that decides the count is exact; the estimates only choose which exact step runs.
 //! Everything runs in row order with f64 masses: deterministic. Mass errors stay at the level of
-//! the statistics pass's S (≲ 3e−6 relative), inside the 1e−5 band; an e_i rescaled because the
-//! running max grew after it was kept carries one more f32 rounding (≲ 1e−7 relative).
+//! the statistics pass's S (≲ 3e−6 relative), inside the 1e−5 band; a phase-0 e_i rescaled
+//! because the running max grew after it was kept carries one more f32 rounding (≲ 1e−7
+//! relative).
 
 use crate::cpu::math::{self, BLOCK};
 
@@ -68,14 +73,12 @@ const HEAD_MAX_BLOCKS: usize = 64;
 pub(crate) struct TopPScratch {
     /// Phase 0's e_i (relative to the running max), from `Keeper::p0` on (see [`aligned_start`]).
     phase0: Vec<f32>,
-    /// The current block's e_i (bottom mode), from `Keeper::at` on (see [`aligned_start`]).
-    blk: Vec<f32>,
     /// Max logit of each block of the row, in row order.
     block_max: Vec<f32>,
     /// The head step's blocks: (max logit, its e), by descending max.
     order: Vec<(f32, f32)>,
-    /// Candidates: their e_i (bottom mode: relative to the running max; head and fallback steps:
-    /// logits, then e_i), with 8 spare slots for the 8-lane compaction stores.
+    /// Candidates: their logits, then (after the pass) their e_i, with 8 spare slots for the
+    /// 8-lane compaction stores.
     kept: Vec<f32>,
     /// The next level's members (swapped with `kept`).
     next: Vec<f32>,
@@ -92,8 +95,8 @@ pub(crate) struct TopPScratch {
 enum Mode {
     /// Collecting phase 0.
     Phase0,
-    /// Appending every token with e_i ≤ `hi` (relative to the running max) to the candidates.
-    Bottom { hi: f32 },
+    /// Appending every logit ≤ `zhi` to the candidates, in the max pass.
+    Bottom { zhi: f32 },
     /// Nothing during the pass (head, then fallback, after it).
     Off,
 }
@@ -109,6 +112,8 @@ pub(crate) enum Path {
 /// The count's state during one row's statistics pass.
 pub(crate) struct Keeper<'a> {
     sc: &'a mut TopPScratch,
+    /// The row's logits.
+    row: &'a [f32],
     top_p: f32,
     inv_t: f32,
     mode: Mode,
@@ -120,8 +125,6 @@ pub(crate) struct Keeper<'a> {
     written: bool,
     /// S per token at the end of phase 0, relative to the running max (for the abandon test).
     rate0: f64,
-    /// Where in `blk` the current block's e_i start (see [`aligned_start`]).
-    at: usize,
     /// Phase 0's e_i are `sc.phase0[p0..p0 + p0_len]`.
     p0: usize,
     p0_len: usize,
@@ -130,22 +133,21 @@ pub(crate) struct Keeper<'a> {
 impl TopPScratch {
     /// Starts a row of `vocab` tokens at `top_p` and inverse temperature `inv_t`; `row` is the
     /// address of its first logit (only to place the e_i buffers, see [`aligned_start`]).
-    pub(crate) fn start(&mut self, vocab: usize, top_p: f32, inv_t: f32, row: *const f32) -> Keeper<'_> {
+    pub(crate) fn start<'a>(&'a mut self, top_p: f32, inv_t: f32, row: &'a [f32]) -> Keeper<'a> {
+        let vocab = row.len();
         for v in [&mut self.kept, &mut self.next] {
             if v.len() < vocab + 8 {
                 v.resize(vocab + 8, 0.0);
             }
         }
-        if self.blk.len() < BLK_LEN {
-            self.blk.resize(BLK_LEN, 0.0);
-        }
         if self.phase0.len() < PHASE0_BLOCKS * BLOCK + PAGE_F32 {
             self.phase0.resize(PHASE0_BLOCKS * BLOCK + PAGE_F32, 0.0);
         }
         self.block_max.clear();
-        let p0 = aligned_start(&self.phase0, row);
+        let p0 = aligned_start(&self.phase0, row.as_ptr());
         Keeper {
             sc: self,
+            row,
             top_p,
             inv_t,
             mode: Mode::Phase0,
@@ -153,7 +155,6 @@ impl TopPScratch {
             seen: 0,
             written: false,
             rate0: 0.0,
-            at: 0,
             p0,
             p0_len: 0,
         }
@@ -161,12 +162,11 @@ impl TopPScratch {
 }
 
 impl Keeper<'_> {
-    /// What the pass should do with the next block's `len` values e_i = e^{(z_i − m)/T}
-    /// (relative to the running max m), if the count needs them: in phase 0 and bottom mode.
-    /// The pass asks only when m is finite; a block it did not write holds only −inf (e_i = 0).
+    /// Where the pass should write the next block's `len` values e_i = e^{(z_i − m)/T}
+    /// (relative to the running max m), if the count needs them: in phase 0. The pass asks only
+    /// when m is finite; a block it did not write holds only −inf (e_i = 0).
     #[inline(always)]
-    pub(crate) fn e_out(&mut self, zb: &[f32]) -> Option<&mut [f32]> {
-        let len = zb.len();
+    pub(crate) fn e_out(&mut self, len: usize) -> Option<&mut [f32]> {
         match self.mode {
             Mode::Phase0 => {
                 self.written = true;
@@ -174,25 +174,30 @@ impl Keeper<'_> {
                 self.p0_len += len;
                 Some(&mut self.sc.phase0[at..at + len])
             }
-            Mode::Bottom { .. } => {
-                self.written = true;
-                self.at = aligned_start(&self.sc.blk, zb.as_ptr());
-                Some(&mut self.sc.blk[self.at..self.at + len])
-            }
-            Mode::Off => None,
+            Mode::Bottom { .. } | Mode::Off => None,
         }
     }
 
-    /// The running max grew: every e_i kept so far is multiplied by `c` = e^{(m_old − m_new)/T}
-    /// (one f32 rounding each, ≲ 1e−7 relative: far inside the count's 1e−5 band).
+    /// The block's max and whether it holds a NaN or +inf ([`math::max_and_bad`]); in bottom
+    /// mode the same read also appends its logits ≤ zhi to the candidates.
+    #[inline(always)]
+    pub(crate) fn scan<const AVX2: bool>(&mut self, zb: &[f32]) -> (f32, bool) {
+        match self.mode {
+            Mode::Bottom { zhi } => math::max_and_bad_compact::<AVX2>(zb, zhi, &mut self.sc.kept, &mut self.n),
+            _ => math::max_and_bad::<AVX2>(zb),
+        }
+    }
+
+    /// The running max grew by a factor `c` = e^{(m_old − m_new)/T} in e: phase 0's e_i kept so
+    /// far are multiplied by it (one f32 rounding each, ≲ 1e−7 relative: far inside the count's
+    /// 1e−5 band), bottom mode's rate; its logit threshold and candidates need nothing.
     #[inline(always)]
     pub(crate) fn rescale(&mut self, c: f32) {
         let kept = match &mut self.mode {
             Mode::Phase0 => &mut self.sc.phase0[self.p0..self.p0 + self.p0_len],
-            Mode::Bottom { hi } => {
-                *hi *= c;
+            Mode::Bottom { .. } => {
                 self.rate0 *= c as f64;
-                &mut self.sc.kept[..self.n]
+                return;
             }
             Mode::Off => return,
         };
@@ -220,17 +225,10 @@ impl Keeper<'_> {
                     self.estimate::<AVX2>(m, s_run);
                 }
             }
-            Mode::Bottom { hi } => {
+            Mode::Bottom { .. } => {
                 if s_run > ABANDON * self.rate0 * self.seen as f64 {
                     self.mode = Mode::Off;
                     self.n = 0;
-                } else if written {
-                    math::compact_at_most::<AVX2>(
-                        &self.sc.blk[self.at..self.at + len],
-                        hi,
-                        &mut self.sc.kept,
-                        &mut self.n,
-                    );
                 }
             }
             Mode::Off => {}
@@ -272,11 +270,12 @@ impl Keeper<'_> {
         if below as f64 > BOTTOM_MAX * n_s as f64 {
             return;
         }
-        // Bottom mode: phase 0's own candidates first.
-        self.mode = Mode::Bottom { hi };
+        // Bottom mode: the threshold as a logit (any value would be exact; this one keeps about
+        // what e_i ≤ hi keeps), and phase 0's own candidates first (their logits are in L2).
+        let zhi = m + (hi.ln() / self.inv_t);
+        self.mode = Mode::Bottom { zhi };
         self.rate0 = s_run / self.seen as f64;
-        let phase0 = &self.sc.phase0[self.p0..self.p0 + self.p0_len];
-        math::compact_at_most::<AVX2>(phase0, hi, &mut self.sc.kept, &mut self.n);
+        math::compact_at_most::<AVX2>(&self.row[..self.seen], zhi, &mut self.sc.kept, &mut self.n);
     }
 
     /// The branch count at `top_p` of row `z` (`buf`: one block of f32), whose max logit is
@@ -306,7 +305,7 @@ impl Keeper<'_> {
         let vocab = z.len();
         if let Mode::Bottom { .. } = mode {
             let all = n;
-            let mass = drop_zeros::<AVX2>(&mut sc.kept, &mut n);
+            let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
             let above = Above { count: vocab - all, mass: s - mass };
             if above.mass < need {
                 return (select::<AVX2>(sc, n, need, above), Path::Bottom);
@@ -672,16 +671,13 @@ fn key_range(kept: &[f32]) -> (u32, u32) {
 
 /// f32 in a 4096-byte page.
 const PAGE_F32: usize = 4096 / std::mem::size_of::<f32>();
-/// Length of `blk`: a block, and room to slide it within a page.
-const BLK_LEN: usize = BLOCK + PAGE_F32;
 
 /// The index of `buf` whose address agrees with `target`'s modulo 4096 bytes (`buf` holds one
-/// page more than it needs). The `exp` loop loads z_i from the row and stores e_i into a
-/// buffer; a load whose address matches an earlier, still pending store in its low 12 bits
-/// waits for that store (4K aliasing), which with a buffer at a fixed offset happens for every
-/// block of the row that sits a little below the buffer within a page (on flat rows it made the
-/// one extra store per 8 tokens cost as much as the compaction). At the same offset, a load of
-/// z_j only ever matches the store of e_j, which comes after it.
+/// page more than it needs). In phase 0 the `exp` loop loads z_i from the row and stores e_i
+/// into a buffer; a load whose address matches an earlier, still pending store in its low 12
+/// bits waits for that store (4K aliasing), which with a buffer at a fixed offset happens for
+/// every block of the row that sits a little below the buffer within a page. At the same
+/// offset, a load of z_j only ever matches the store of e_j, which comes after it.
 #[inline(always)]
 fn aligned_start(buf: &[f32], target: *const f32) -> usize {
     let want = (target as usize / std::mem::size_of::<f32>()) % PAGE_F32;
@@ -693,20 +689,16 @@ fn aligned_start(buf: &[f32], target: *const f32) -> usize {
 mod tests {
     use super::*;
 
-    /// The slid buffers start at the logits' offset within a page and still hold what is
-    /// written there (a block in `blk`, phase 0 in `phase0`).
+    /// Phase 0's slid buffer starts at the logits' offset within a page and still holds phase 0.
     #[test]
     fn aligned_starts_match_the_logits_page_offset_and_fit() {
         let row = vec![0.0f32; 4 * PAGE_F32];
-        let blk = vec![0.0f32; BLK_LEN];
         let phase0 = vec![0.0f32; PHASE0_BLOCKS * BLOCK + PAGE_F32];
         for shift in 0..PAGE_F32 + 3 {
             let target = row[shift..].as_ptr();
-            for (buf, need) in [(&blk, BLOCK), (&phase0, PHASE0_BLOCKS * BLOCK)] {
-                let at = aligned_start(buf, target);
-                assert!(at + need <= buf.len(), "shift {shift}: {at} + {need} > {}", buf.len());
-                assert_eq!(buf[at..].as_ptr() as usize % 4096, target as usize % 4096, "shift {shift}");
-            }
+            let at = aligned_start(&phase0, target);
+            assert!(at + PHASE0_BLOCKS * BLOCK <= phase0.len(), "shift {shift}: {at}");
+            assert_eq!(phase0[at..].as_ptr() as usize % 4096, target as usize % 4096, "shift {shift}");
         }
     }
 }
