@@ -143,8 +143,9 @@ pub(crate) fn max_and_bad<const AVX2: bool>(z: &[f32]) -> (f32, bool) {
 fn max_and_flag<const AVX2: bool, const FLAG: bool>(z: &[f32]) -> (f32, bool) {
     #[cfg(target_arch = "x86_64")]
     if AVX2 {
-        // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 (see `dispatch`).
-        return unsafe { max_and_flag_avx2::<FLAG>(z) };
+        // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 and POPCNT (see
+        // `dispatch`); without `COMPACT` nothing is written.
+        return unsafe { max_and_flag_avx2::<FLAG, false>(z, 0.0, std::ptr::null_mut(), &mut 0) };
     }
     let mut m = f32::NEG_INFINITY;
     let mut bad = false;
@@ -157,20 +158,29 @@ fn max_and_flag<const AVX2: bool, const FLAG: bool>(z: &[f32]) -> (f32, bool) {
 }
 
 /// [`max_and_flag`] on 2×8 lanes: `vmaxps` (which returns its second operand when the first is
-/// NaN, so NaN is ignored) and an or of "not less than +inf" (true for NaN and +inf).
+/// NaN, so NaN is ignored) and an or of "not less than +inf" (true for NaN and +inf). With
+/// `COMPACT`, the same loop also appends every value ≤ `hi` to `out[*n..]` as
+/// [`compact_at_most`] does ([`max_and_bad_compact`]).
 ///
 /// # Safety
-/// The CPU must support AVX2.
+/// The CPU must support AVX2 and POPCNT; with `COMPACT`, `out` must be valid for writes up to
+/// `*n + z.len() + 8` values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,popcnt")]
 #[inline]
-unsafe fn max_and_flag_avx2<const FLAG: bool>(z: &[f32]) -> (f32, bool) {
+unsafe fn max_and_flag_avx2<const FLAG: bool, const COMPACT: bool>(
+    z: &[f32],
+    hi: f32,
+    out: *mut f32,
+    n: &mut usize,
+) -> (f32, bool) {
     use std::arch::x86_64::*;
-    let inf = _mm256_set1_ps(f32::INFINITY);
+    let (inf, vhi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(hi));
     let (mut m0, mut m1) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
     let mut bad = _mm256_setzero_ps();
     let chunks = z.chunks_exact(16);
     let tail = chunks.remainder();
+    let mut k = *n;
     for c in chunks {
         let (a, b) = (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(c.as_ptr().add(8)));
         m0 = _mm256_max_ps(a, m0);
@@ -178,6 +188,14 @@ unsafe fn max_and_flag_avx2<const FLAG: bool>(z: &[f32]) -> (f32, bool) {
         if FLAG {
             bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
             bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(b, inf));
+        }
+        if COMPACT {
+            for v in [a, b] {
+                let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi)) as usize;
+                let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
+                _mm256_storeu_ps(out.add(k), _mm256_permutevar8x32_ps(v, idx));
+                k += mask.count_ones() as usize;
+            }
         }
     }
     let mut lanes = [0.0f32; 8];
@@ -187,7 +205,12 @@ unsafe fn max_and_flag_avx2<const FLAG: bool>(z: &[f32]) -> (f32, bool) {
     for &v in tail {
         m = if v > m { v } else { m };
         any_bad |= FLAG && !matches!(v.partial_cmp(&f32::INFINITY), Some(std::cmp::Ordering::Less));
+        if COMPACT {
+            *out.add(k) = v;
+            k += usize::from(v <= hi);
+        }
     }
+    *n = k;
     (m, any_bad)
 }
 
@@ -201,53 +224,10 @@ pub(crate) fn max_and_bad_compact<const AVX2: bool>(z: &[f32], hi: f32, out: &mu
     if AVX2 {
         // SAFETY: `AVX2` is true only inside `run_avx2`, on a CPU with AVX2 and POPCNT (see
         // `dispatch`); `out` has room for every 8-lane store (asserted above).
-        return unsafe { max_and_bad_compact_avx2(z, hi, out, n) };
+        return unsafe { max_and_flag_avx2::<true, true>(z, hi, out.as_mut_ptr(), n) };
     }
     compact_at_most::<AVX2>(z, hi, out, n);
     max_and_bad::<AVX2>(z)
-}
-
-/// [`max_and_bad_compact`] on 2×8 lanes.
-///
-/// # Safety
-/// The CPU must support AVX2 and POPCNT, and `out.len() >= *n + z.len() + 8`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,popcnt")]
-#[inline]
-unsafe fn max_and_bad_compact_avx2(z: &[f32], hi: f32, out: &mut [f32], n: &mut usize) -> (f32, bool) {
-    use std::arch::x86_64::*;
-    let (inf, vhi) = (_mm256_set1_ps(f32::INFINITY), _mm256_set1_ps(hi));
-    let (mut m0, mut m1) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_set1_ps(f32::NEG_INFINITY));
-    let mut bad = _mm256_setzero_ps();
-    let chunks = z.chunks_exact(16);
-    let tail = chunks.remainder();
-    let op = out.as_mut_ptr();
-    let mut k = *n;
-    for c in chunks {
-        let (a, b) = (_mm256_loadu_ps(c.as_ptr()), _mm256_loadu_ps(c.as_ptr().add(8)));
-        m0 = _mm256_max_ps(a, m0);
-        m1 = _mm256_max_ps(b, m1);
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(a, inf));
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps::<_CMP_NLT_UQ>(b, inf));
-        for v in [a, b] {
-            let mask = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, vhi)) as usize;
-            let idx = _mm256_load_si256(COMPACT_LUT32.0[mask].as_ptr().cast());
-            _mm256_storeu_ps(op.add(k), _mm256_permutevar8x32_ps(v, idx));
-            k += mask.count_ones() as usize;
-        }
-    }
-    let mut lanes = [0.0f32; 8];
-    _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_max_ps(m0, m1));
-    let mut m = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    let mut any_bad = _mm256_movemask_ps(bad) != 0;
-    for &v in tail {
-        m = if v > m { v } else { m };
-        any_bad |= !matches!(v.partial_cmp(&f32::INFINITY), Some(std::cmp::Ordering::Less));
-        *op.add(k) = v;
-        k += usize::from(v <= hi);
-    }
-    *n = k;
-    (m, any_bad)
 }
 
 /// e = e^d and d clamped to ≥ [`EXP_LO`] for d = (v − m)·inv_t. The clamped d is what the entropy
@@ -784,46 +764,55 @@ mod tests {
         assert!((w as f64 + (-1.0f64).exp()).abs() < 1e-6);
     }
 
+    /// A xorshift32 step (deterministic test data without a seeded RNG).
+    fn xorshift(x: &mut u32) -> u32 {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *x
+    }
+
+    /// Runs `$body` in both copies of a kernel: the AVX2+FMA one (via `dispatch`, where the CPU
+    /// has it) and the baseline one, with `$avx2` the const parameter that tells them apart.
+    macro_rules! on_both_copies {
+        ($avx2:ident => $body:block) => {{
+            struct Check;
+            impl SimdKernel for Check {
+                type Out = ();
+                #[inline(always)]
+                fn run<const $avx2: bool>(self) $body
+            }
+            dispatch(Check);
+            Check.run::<false>();
+        }};
+    }
+
     /// `max_and_bad_compact` (one read) against `max_and_bad` and `compact_at_most` (two), with
     /// and without AVX2: the same max, flag, candidates in order and count, for every tail length
     /// and with ties at the threshold, −inf and +inf.
     #[test]
     fn max_and_bad_compact_matches_its_two_parts() {
-        struct Check;
-        impl SimdKernel for Check {
-            type Out = ();
-            #[inline(always)]
-            fn run<const AVX2: bool>(self) {
-                let mut x = 0x9e37_79b9u32;
-                for len in [0, 1, 7, 15, 16, 17, 33, 100, BLOCK] {
-                    let mut z: Vec<f32> = (0..len)
-                        .map(|_| {
-                            x ^= x << 13;
-                            x ^= x >> 17;
-                            x ^= x << 5;
-                            (x % 64) as f32 / 8.0 - 4.0
-                        })
-                        .collect();
-                    for i in (3..len).step_by(29) {
-                        z[i] = f32::NEG_INFINITY;
-                    }
-                    if len > 40 {
-                        z[40] = f32::INFINITY;
-                    }
-                    for hi in [-1.0, 0.5, 10.0] {
-                        let (mut got, mut want) = (vec![0.0f32; len + 8], vec![0.0f32; len + 8]);
-                        let (mut n_got, mut n_want) = (0, 0);
-                        let mb = max_and_bad_compact::<AVX2>(&z, hi, &mut got, &mut n_got);
-                        compact_at_most::<AVX2>(&z, hi, &mut want, &mut n_want);
-                        assert_eq!(mb, max_and_bad::<AVX2>(&z), "len {len}, hi {hi}");
-                        assert_eq!(n_got, z.iter().filter(|&&v| v <= hi).count(), "len {len}, hi {hi}");
-                        assert_eq!(got[..n_got], want[..n_want], "len {len}, hi {hi}");
-                    }
+        on_both_copies!(AVX2 => {
+            let mut x = 0x9e37_79b9u32;
+            for len in [0, 1, 7, 15, 16, 17, 33, 100, BLOCK] {
+                let mut z: Vec<f32> = (0..len).map(|_| (xorshift(&mut x) % 64) as f32 / 8.0 - 4.0).collect();
+                for i in (3..len).step_by(29) {
+                    z[i] = f32::NEG_INFINITY;
+                }
+                if len > 40 {
+                    z[40] = f32::INFINITY;
+                }
+                for hi in [-1.0, 0.5, 10.0] {
+                    let (mut got, mut want) = (vec![0.0f32; len + 8], vec![0.0f32; len + 8]);
+                    let (mut n_got, mut n_want) = (0, 0);
+                    let mb = max_and_bad_compact::<AVX2>(&z, hi, &mut got, &mut n_got);
+                    compact_at_most::<AVX2>(&z, hi, &mut want, &mut n_want);
+                    assert_eq!(mb, max_and_bad::<AVX2>(&z), "len {len}, hi {hi}");
+                    assert_eq!(n_got, z.iter().filter(|&&v| v <= hi).count(), "len {len}, hi {hi}");
+                    assert_eq!(got[..n_got], want[..n_want], "len {len}, hi {hi}");
                 }
             }
-        }
-        dispatch(Check);
-        Check.run::<false>();
+        });
     }
 
     /// `exp_sums_into` (hand-written AVX2 loop) against `exp_sums` and `term` (auto-vectorised):
@@ -831,37 +820,25 @@ mod tests {
     /// with and without AVX2.
     #[test]
     fn exp_sums_into_matches_exp_sums_bit_for_bit() {
-        struct Check;
-        impl SimdKernel for Check {
-            type Out = ();
-            #[inline(always)]
-            fn run<const AVX2: bool>(self) {
-                let mut x = 0x2545_f491u32;
-                let mut next = || {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as f32 / u32::MAX as f32
-                };
-                for len in [0, 1, 7, 15, 16, 17, 31, 100, 511, BLOCK] {
-                    let mut z: Vec<f32> = (0..len).map(|_| 40.0 * next() - 30.0).collect();
-                    for i in (0..len).step_by(13) {
-                        z[i] = f32::NEG_INFINITY;
-                    }
-                    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)).max(0.0);
-                    for inv_t in [1.0, 1.0 / 0.7] {
-                        let mut out = vec![f32::NAN; len];
-                        let (s, w) = exp_sums_into::<AVX2>(&z, m, inv_t, &mut out);
-                        let (s0, w0) = exp_sums::<AVX2>(&z, m, inv_t);
-                        assert_eq!((s.to_bits(), w.to_bits()), (s0.to_bits(), w0.to_bits()), "len {len}, AVX2 {AVX2}");
-                        for (i, (&v, &e)) in z.iter().zip(&out).enumerate() {
-                            assert_eq!(e.to_bits(), term::<AVX2>(v, m, inv_t).0.to_bits(), "len {len}, i {i}");
-                        }
+        on_both_copies!(AVX2 => {
+            let mut x = 0x2545_f491u32;
+            for len in [0, 1, 7, 15, 16, 17, 31, 100, 511, BLOCK] {
+                let mut z: Vec<f32> =
+                    (0..len).map(|_| 40.0 * (xorshift(&mut x) as f32 / u32::MAX as f32) - 30.0).collect();
+                for i in (0..len).step_by(13) {
+                    z[i] = f32::NEG_INFINITY;
+                }
+                let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)).max(0.0);
+                for inv_t in [1.0, 1.0 / 0.7] {
+                    let mut out = vec![f32::NAN; len];
+                    let (s, w) = exp_sums_into::<AVX2>(&z, m, inv_t, &mut out);
+                    let (s0, w0) = exp_sums::<AVX2>(&z, m, inv_t);
+                    assert_eq!((s.to_bits(), w.to_bits()), (s0.to_bits(), w0.to_bits()), "len {len}, AVX2 {AVX2}");
+                    for (i, (&v, &e)) in z.iter().zip(&out).enumerate() {
+                        assert_eq!(e.to_bits(), term::<AVX2>(v, m, inv_t).0.to_bits(), "len {len}, i {i}");
                     }
                 }
             }
-        }
-        dispatch(Check);
-        Check.run::<false>();
+        });
     }
 }
