@@ -53,12 +53,11 @@ const EXP_P: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579
 #[inline(always)]
 fn exp_core<const AVX2: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const P: [f32; 6] = EXP_P;
     let t = fma::<AVX2>(x, LOG2E, SHIFTER);
     let n = t - SHIFTER;
     let r = fma::<AVX2>(n, -LN2_LO, fma::<AVX2>(n, -LN2_HI, x));
-    let mut p = P[0];
-    for &c in &P[1..] {
+    let mut p = EXP_P[0];
+    for &c in &EXP_P[1..] {
         p = fma::<AVX2>(p, r, c);
     }
     let y = fma::<AVX2>(p, r * r, r) + 1.0;
@@ -789,7 +788,7 @@ mod tests {
 
     /// `max_and_bad_compact` (one read) against `max_and_bad` and `compact_at_most` (two), with
     /// and without AVX2: the same max, flag, candidates in order and count, for every tail length
-    /// and with ties at the threshold, −inf and +inf.
+    /// and with ties at the threshold, −inf, +inf and NaN (never a candidate).
     #[test]
     fn max_and_bad_compact_matches_its_two_parts() {
         on_both_copies!(AVX2 => {
@@ -801,6 +800,9 @@ mod tests {
                 }
                 if len > 40 {
                     z[40] = f32::INFINITY;
+                }
+                if len > 60 {
+                    z[60] = f32::NAN;
                 }
                 for hi in [-1.0, 0.5, 10.0] {
                     let (mut got, mut want) = (vec![0.0f32; len + 8], vec![0.0f32; len + 8]);

@@ -110,6 +110,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             scratch.buf.resize(BLOCK, 0.0);
         }
         let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
+        // Only f32 rows get here (16-bit rows returned above), so the cast is to the row itself.
         let mut keeper = top_p.map(|p| scratch.top_p.start(p, inv_t, bytemuck::cast_slice(z)));
         let sums = match keeper.as_mut() {
             Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
@@ -126,7 +127,7 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
         let entropy = ln_s - w / s;
         let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
         let branch = match (keeper, top_p) {
-            (Some(k), Some(_)) => k.branch::<E, AVX2>(z, &mut scratch.buf, m, s),
+            (Some(k), Some(_)) => k.branch::<AVX2>(m, s),
             _ => 0,
         };
         RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
@@ -274,7 +275,7 @@ mod tests {
             buf.resize(BLOCK, 0.0);
             let mut k = tp.start(top_p, inv_t, z);
             let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k)).expect("finite row");
-            k.branch_path::<f32, AVX2>(z, buf, m, s)
+            k.branch_path::<AVX2>(m, s)
         }
     }
 
@@ -304,6 +305,26 @@ mod tests {
         {
             let z = uniform(n, a, &mut rng);
             assert_eq!(count(&z, t, p), Path::Bottom, "n = {n}, a = {a}");
+        }
+    }
+
+    #[test]
+    fn a_bad_logit_deep_in_a_flat_row_is_caught_by_the_compacting_scan() {
+        // Past phase 0 a flat row's max pass is the one that also compacts the candidates: a NaN
+        // or +inf there must still fail the row (checked) or give NaN statistics (unchecked),
+        // and never become a candidate.
+        let mut rng = StdRng::seed_from_u64(1);
+        let clean = uniform(60_000, 0.5, &mut rng);
+        assert_eq!(count(&clean, 1.0, 0.95), Path::Bottom);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut z = clean.clone();
+            z[40_000] = bad;
+            let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+            let got = crate::cpu::token_stats(&z, z.len(), None, &cfg).err();
+            assert_eq!(got, Some(Error::NonFiniteLogits { row: 0 }), "{bad}");
+            let cfg = TokenStatsConfig { check_finite: false, ..cfg };
+            let got = crate::cpu::token_stats(&z, z.len(), None, &cfg).expect("unchecked");
+            assert!(got.lse[0].is_nan() && got.entropy[0].is_nan(), "{bad}");
         }
     }
 

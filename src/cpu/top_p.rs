@@ -131,8 +131,9 @@ pub(crate) struct Keeper<'a> {
 }
 
 impl TopPScratch {
-    /// Starts a row of `vocab` tokens at `top_p` and inverse temperature `inv_t`; `row` is the
-    /// address of its first logit (only to place the e_i buffers, see [`aligned_start`]).
+    /// Starts the count of the f32 logits `row` at `top_p` and inverse temperature `inv_t` (the
+    /// keeper reads the row again for phase 0's candidates and the head and fallback steps, and
+    /// places phase 0's buffer by its address, see [`aligned_start`]).
     pub(crate) fn start<'a>(&'a mut self, top_p: f32, inv_t: f32, row: &'a [f32]) -> Keeper<'a> {
         let vocab = row.len();
         for v in [&mut self.kept, &mut self.next] {
@@ -278,31 +279,19 @@ impl Keeper<'_> {
         math::compact_at_most::<AVX2>(&self.row[..self.seen], zhi, &mut self.sc.kept, &mut self.n);
     }
 
-    /// The branch count at `top_p` of row `z` (`buf`: one block of f32), whose max logit is
-    /// `zmax` and S = Σ e^{(z_i − zmax)/T}.
+    /// The branch count at `top_p` of the row, whose max logit is `zmax` and
+    /// S = Σ e^{(z_i − zmax)/T}.
     #[inline(always)]
-    pub(crate) fn branch<E: crate::element::Element, const AVX2: bool>(
-        self,
-        z: &[E],
-        buf: &mut [f32],
-        zmax: f32,
-        s: f64,
-    ) -> u32 {
-        self.branch_path::<E, AVX2>(z, buf, zmax, s).0
+    pub(crate) fn branch<const AVX2: bool>(self, zmax: f32, s: f64) -> u32 {
+        self.branch_path::<AVX2>(zmax, s).0
     }
 
     /// [`Keeper::branch`] and the step that found it.
     #[inline(always)]
-    pub(crate) fn branch_path<E: crate::element::Element, const AVX2: bool>(
-        self,
-        z: &[E],
-        buf: &mut [f32],
-        zmax: f32,
-        s: f64,
-    ) -> (u32, Path) {
-        let Keeper { sc, top_p, inv_t, mode, mut n, .. } = self;
+    pub(crate) fn branch_path<const AVX2: bool>(self, zmax: f32, s: f64) -> (u32, Path) {
+        let Keeper { sc, row, top_p, inv_t, mode, mut n, .. } = self;
         let need = top_p as f64 * s;
-        let vocab = z.len();
+        let vocab = row.len();
         if let Mode::Bottom { .. } = mode {
             let all = n;
             let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
@@ -338,9 +327,9 @@ impl Keeper<'_> {
             None => (zmax + ((0.5 * (1.0 - top_p as f64) * s / vocab as f64).ln() as f32) / inv_t, Path::Fallback),
         };
         let mut n = 0;
-        for (block, &bm) in z.chunks(BLOCK).zip(&sc.block_max) {
+        for (block, &bm) in row.chunks(BLOCK).zip(&sc.block_max) {
             if bm >= from {
-                math::compact_range::<AVX2>(math::widen(block, buf), from, f32::INFINITY, &mut sc.kept, &mut n);
+                math::compact_range::<AVX2>(block, from, f32::INFINITY, &mut sc.kept, &mut n);
             }
         }
         to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
