@@ -15,35 +15,11 @@ use std::time::Duration;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rlvr_kernels::{cpu, naive, Element, TokenStatsConfig};
 
-const N: usize = 256;
-const V: usize = 151_936;
-
-/// Row kinds: LM-like = N(0, 2²) noise plus 4 spikes 12..20 above the mean (top-p 0.95 keeps a
-/// handful of tokens, as in real rollouts); flat = U(−0.5, 0.5) (keeps ~90% of the row).
-fn logits(kind: &str, rng: &mut StdRng) -> Vec<f32> {
-    let mut z = Vec::with_capacity(N * V);
-    for _ in 0..N {
-        let start = z.len();
-        match kind {
-            "lm" => {
-                for _ in 0..V {
-                    // Box–Muller.
-                    let (u1, u2): (f32, f32) = (rng.random_range(f32::EPSILON..1.0), rng.random());
-                    z.push(2.0 * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos());
-                }
-                for _ in 0..4 {
-                    z[start + rng.random_range(0..V)] = rng.random_range(12.0..20.0);
-                }
-            }
-            _ => z.extend((0..V).map(|_| rng.random_range(-0.5f32..0.5))),
-        }
-    }
-    z
-}
+#[path = "common/rows.rs"]
+mod rows;
+use rows::{N, V};
 
 fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str, values: &[f32], targets: &[u32]) {
     let logits: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
@@ -72,10 +48,8 @@ fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str
 }
 
 fn token_stats(c: &mut Criterion) {
-    let mut rng = StdRng::seed_from_u64(2508_07534);
-    let targets: Vec<u32> = (0..N).map(|_| rng.random_range(0..V as u32)).collect();
     for kind in ["lm", "flat"] {
-        let values = logits(kind, &mut rng);
+        let (targets, values) = rows::targets_and_rows(kind);
         bench_kind::<f32>(c, kind, &values, &targets);
         bench_kind::<bf16>(c, kind, &values, &targets);
     }
