@@ -10,6 +10,23 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+// The only lines that differ between the nvcc build and the host build of the executed-kernel
+// suite (scripts/kernel-sim.sh compiles these files with g++ and -DRLVR_KERNEL_SIM against
+// sim/cuda_sim.h): inline PTX has no host twin, and the dynamic shared memory of a simulated block
+// is a buffer of the launch's exact size rather than an `extern __shared__` array.
+//   RLVR_EX2(y, x)              y = 2^x by ex2.approx.ftz.f32 (host: exp2f, subnormals flushed)
+//   RLVR_DYNAMIC_SMEM_SIZE(v)   v = the launch's dynamic shared memory in bytes
+//   RLVR_DYNAMIC_SHARED(T, p)   declares `p`, the block's dynamic shared memory as T[]
+#ifdef RLVR_KERNEL_SIM
+#define RLVR_EX2(y, x) ((y) = rlvr_sim::ex2_approx(x))
+#define RLVR_DYNAMIC_SMEM_SIZE(v) ((v) = rlvr_sim::dynamic_smem_size())
+#define RLVR_DYNAMIC_SHARED(T, p) T* const p = static_cast<T*>(rlvr_sim::dynamic_shared())
+#else
+#define RLVR_EX2(y, x) asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x))
+#define RLVR_DYNAMIC_SMEM_SIZE(v) asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v))
+#define RLVR_DYNAMIC_SHARED(T, p) extern __shared__ __align__(16) T p[]
+#endif
+
 namespace rlvr {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -21,7 +38,7 @@ constexpr float POS_INF = __builtin_huge_valf();
 // to 0). Deterministic: the same input gives the same bits on every run of the same chip.
 __device__ __forceinline__ float ex2(float x) {
     float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    RLVR_EX2(y, x);
     return y;
 }
 

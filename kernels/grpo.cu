@@ -249,7 +249,7 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
                           const PassParams& pp, float grad_value, const float* grad_ptr, uint32_t* branch) {
     __shared__ Shared sh;
     __shared__ BackCoef coef;
-    extern __shared__ __align__(16) unsigned char dyn[];
+    RLVR_DYNAMIC_SHARED(unsigned char, dyn);
     Hist* h = nullptr;
     if constexpr (TOPP) h = init_hist(dyn);
     const BatchTotals tot = *totals;

@@ -176,7 +176,7 @@ __device__ void level_pass_list(uint32_t len, uint32_t prefix, int prefix_shift,
 
 // Zeroes the coarse histogram; with `fine16`, also the u16 counters of every touched bucket
 // (only those: a row touches few buckets, and the rest stayed zero). Barrier before and after.
-__device__ void clear_hist(Hist& h, bool fine16) {
+__device__ inline void clear_hist(Hist& h, bool fine16) {
     __syncthreads();
     for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) {
         if (fine16 && h.cnt[b] != 0) {
@@ -255,7 +255,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, double target, const RowCtx&
 }
 
 // Appends the keys of the row with (key >> 21) == b1 to the shared list (warp-aggregated).
-__device__ void gather_f32(const RowSplit<float>& rs, uint32_t b1, Hist& h, Shared& sh) {
+__device__ inline void gather_f32(const RowSplit<float>& rs, uint32_t b1, Hist& h, Shared& sh) {
     const uint32_t lane = threadIdx.x & 31;
     for_each_vec<2>(rs, true, [&](const uint4& r) {
         uint32_t k[4], mine = 0;
@@ -290,7 +290,7 @@ __device__ void gather_f32(const RowSplit<float>& rs, uint32_t b1, Hist& h, Shar
 
 // Branch count of an f32 row after pass 1: coarse (bits 31..21), then bits 20..10 with mass,
 // then bits 9..0 exactly, over the gathered keys (or the row, if they do not fit).
-__device__ uint32_t branch32(const RowSplit<float>& rs, double target, const RowCtx& r, Hist& h, Shared& sh) {
+__device__ inline uint32_t branch32(const RowSplit<float>& rs, double target, const RowCtx& r, Hist& h, Shared& sh) {
     const Crossing c1 = coarse_crossing<float>(target, r, h, sh);
     if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
         const uint32_t res = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
@@ -425,7 +425,7 @@ __device__ __forceinline__ float row_logp(const RowStats& r, float z_y, float in
 __device__ __forceinline__ Hist* init_hist(unsigned char* dyn) {
     Hist* h = reinterpret_cast<Hist*>(dyn);
     uint32_t dyn_bytes;
-    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn_bytes));
+    RLVR_DYNAMIC_SMEM_SIZE(dyn_bytes);
     if (dyn_bytes < sizeof(Hist)) __trap();
     for (uint32_t i = threadIdx.x; i < FINE_WORDS; i += blockDim.x) h->fine[i] = 0;
     for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) h->cnt[b] = 0, h->mass[b] = 0;

@@ -32,7 +32,7 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
                                  float* __restrict__ logp, uint32_t* __restrict__ branch,
                                  uint32_t* __restrict__ flags) {
     __shared__ Shared sh;
-    extern __shared__ __align__(16) unsigned char dyn[];
+    RLVR_DYNAMIC_SHARED(unsigned char, dyn);
     Hist* h = nullptr;
     if constexpr (TOPP) h = init_hist(dyn);
     const PassParams pp{inv_t, top_p, prune_z, frac};
