@@ -219,7 +219,7 @@ fn hand_checked_values() {
 
 /// B·T = 96000 > 65535 tokens in sequences of 3000 (three scan chunks), groups of 8 and of 1024
 /// (the limit), against the reference; then ten runs of every function give the same bits, with
-/// and without value checks.
+/// and without value checks (three runs on the kernel simulator, each in its own thread order).
 #[test]
 fn large_batches_and_repeated_runs() {
     let Some(s) = gpu_or_skip("large_batches_and_repeated_runs") else { return };
@@ -248,7 +248,7 @@ fn large_batches_and_repeated_runs() {
             [host(lp), host(w), host(a), host(shaped), host(fused), host(agg)]
         };
         let first = run(Check::Values);
-        for i in 1..10 {
+        for i in 1..gpu_env::sized(10, 3) {
             assert!(run(Check::Values) == first, "T = {t}, G = {g}: run {i} differs");
         }
         assert!(run(Check::ShapesOnly) == first, "T = {t}, G = {g}: ShapesOnly differs");
