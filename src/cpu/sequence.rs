@@ -214,7 +214,6 @@ pub fn shape_advantages(
 ) -> Result<Vec<f32>> {
     shaping.validate()?;
     let b = validate::sequences(mask.len(), seq_len)?;
-    validate::mask(mask, mask.len())?;
     validate::len("advantages", adv.len(), b, "one per sequence")?;
     let weights = match (shaping.ppl, ppl_weight) {
         (Some(_), Some(w)) => {
@@ -230,6 +229,7 @@ pub fn shape_advantages(
         }
         (None, _) => None,
     };
+    validate::mask(mask, mask.len())?; // lengths first, as the reference (and the device) check them
     let mut out = vec![0.0f32; mask.len()];
     out.par_chunks_mut(seq_len)
         .zip(mask.par_chunks(seq_len))
@@ -301,14 +301,12 @@ pub fn token_advantages(
     validate::len("rewards", rewards.len(), b, "one per sequence")?;
     validate::len("old_logp", old_logp.len(), mask.len(), "one per token")?;
     validate::groups(b, adv.group_size)?;
-    validate::finite("rewards", rewards)?;
-    if shaping.ppl.is_some() {
-        validate::mask(mask, mask.len())?;
-        validate::finite("old_logp", old_logp)?;
-    }
     shaping.validate()?;
-    if shaping.ppl.is_none() {
-        validate::mask(mask, mask.len())?;
+    // Values in the reference's order: rewards, then (PPL shaping) the log-PPL's mask and old_logp.
+    validate::finite("rewards", rewards)?;
+    validate::mask(mask, mask.len())?;
+    if shaping.ppl.is_some() {
+        validate::finite("old_logp", old_logp)?;
     }
     let g = adv.group_size;
     let group_tokens = g * seq_len;

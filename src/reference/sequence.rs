@@ -111,7 +111,8 @@ pub fn shape_advantages(
 ) -> Result<Vec<f64>> {
     shaping.validate()?;
     let b = validate::sequences(mask.len(), seq_len)?;
-    validate::mask(mask, mask.len())?;
+    // Lengths before values: the order in which a device path can check them (lengths on the
+    // host before the launch, values on the device).
     validate::len("advantages", adv.len(), b, "one per sequence")?;
     if shaping.ppl.is_some() {
         match ppl_weight {
@@ -125,6 +126,7 @@ pub fn shape_advantages(
             }
         }
     }
+    validate::mask(mask, mask.len())?;
     let mut out = vec![0.0; mask.len()];
     for i in 0..b {
         let a = adv[i];
@@ -162,6 +164,9 @@ pub fn token_advantages(
     let b = validate::sequences(mask.len(), seq_len)?;
     validate::len("rewards", rewards.len(), b, "one per sequence")?;
     validate::len("old_logp", old_logp.len(), mask.len(), "one per token")?;
+    // Shapes and settings before values (the order a device path checks them in).
+    validate::groups(b, adv.group_size)?;
+    shaping.validate()?;
     let a = grpo_advantages(rewards, adv)?;
     let w = match shaping.ppl {
         Some(_) => Some(ppl_weight(&log_ppl(old_logp, mask, seq_len)?, adv.group_size)?),
