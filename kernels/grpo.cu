@@ -13,13 +13,13 @@
 //   and reads with evict-first loads. HBM traffic is then near 1 read + 1 write per element; the
 //   scalar loss is needed only by the caller, so nothing waits for it.
 //
-// Top-p placement. For bf16/f16 the exact count costs no traffic at all: the histograms and u16
-// fine counters of the single pass are in shared memory. For f32 the refinement re-reads the row
-// only when the crossing coarse bucket holds more than one key, tail first, mostly from L2. Moving
-// that refinement into the backward's re-read would save at most this L2-first re-read of f32
-// rows, but would make `branch` depend on whether (and when) a backward runs, and put the 155 KB
-// histogram into the backward of every dtype; so it stays in the forward, as in token_stats.cu,
-// and the fused kernel orders its second pass to follow it.
+// Top-p placement. The exact count usually costs no traffic at all: bf16/f16 rows keep per-key
+// counts and f32 rows their candidates' keys in shared memory (row_stats.cuh). Rows with too many
+// candidates (flat f32 rows; 16-bit rows with 65536 candidates in one bucket) re-read themselves,
+// tail first, mostly from L2. Moving that into the backward's re-read would make `branch` depend
+// on whether (and when) a backward runs, and put the 155 KB histogram into the backward of every
+// dtype; so it stays in the forward, as in token_stats.cu, and the fused kernel orders its second
+// pass to follow it.
 //
 // Reduction order (deterministic, same bits every run): row statistics as in token_stats.cu;
 // per-token terms in one thread; the loss Σ a_t·total_t as f64 per token, summed by

@@ -1,10 +1,29 @@
 // Per-row softmax statistics and the exact top-p count, shared by every kernel that reads rows of
 // logits once (token_stats.cu, grpo.cu): the single pass (online max/sum/weighted sum, non-finite
-// flag, top-p histograms with pruning), the block merge, and the radix refinement of the branch
+// flag, the top-p candidates with pruning), the block merge, and the radix selection of the branch
 // count. The traffic budget and reduction order are those stated in token_stats.cu's header.
 //
 // Everything here is called by a whole CTA of BLOCK threads (barriers inside). `row_stats` is the
 // driver: one call per row; the kernel decides what to write.
+//
+// Top-p masses (DESIGN.md §5). A candidate's mass is the fixed-point integer
+//   unit(z) = rn(2^frac · e^{(z − m)/T}),   frac = 61 − ⌊log2 S⌋,
+// taken after the pass, relative to the row max m (so a token's mass never depends on where the
+// row sits: the count is shift-invariant), with S = Σ e^{(z − m)/T} of the pass bounding the sum:
+// Σ unit < 2^62 + V/2 < 2^63. Masses are summed as integers (exact, order-free), and the crossing
+// target is the integer ⌈p·(1 − 2^-19)·S·2^frac⌉. Rounding costs at most 1/2 unit per token:
+// relative to the target, ≤ V·2^-63/p, far inside the 1e-5 band of DESIGN.md §4.
+// - 16-bit keys: pass 1 counts every candidate per key (u16 counters, two per word) and per coarse
+//   bucket (u32). The masses are then exact at scan time: Σ over a bucket's 32 keys of
+//   count·unit(value). A bucket with ≥ 65536 candidates may have wrapped a counter: such a row
+//   takes the re-read path below instead.
+// - f32 keys: pass 1 appends the candidates' keys to a list in shared memory (32768 keys); the
+//   three radix levels (11 + 11 + 10 bits) then run over the list. A row with more candidates
+//   re-reads itself: level 1 over the row, then the crossing bucket's keys gathered into the list
+//   (or, if they do not fit either, levels 2 and 3 over the row as well).
+// Candidates are the tokens with z ≥ m_running + prune_z, a superset of those with z ≥ m + prune_z
+// (the "kept" set): every level counts only kept tokens, so the result does not depend on the
+// timing-dependent running max (nor on which path a row took: both sum the same integers).
 #pragma once
 
 #include "common.cuh"
@@ -16,25 +35,25 @@ constexpr int COARSE_BITS = 11;
 constexpr int NB = 1 << COARSE_BITS;   // coarse buckets
 constexpr int FINE_WORDS = 32768;      // 65536 u16 counters (16-bit keys) or 32768 u32 keys (f32 list)
 constexpr uint32_t LIST_CAP = FINE_WORDS;
+constexpr uint32_t HEAVY = 65536;      // a bucket this full may have wrapped a u16 counter
 constexpr uint32_t ROW_NON_FINITE = 1, ROW_ALL_NEG_INF = 2, ROW_BAD_TARGET = 4;
-// The scans look for p·(1 - 2^-19) rather than p: the kept (unpruned) mass exceeds p by
-// (1-p)·kept/V at least, which for p near 1 and few kept tokens is near the ~1e-6 rounding of
-// the histogram masses. With this slack the scan always crosses, so the result never depends on
-// which tokens the timing-dependent pruning kept; it stays inside the band p·(1 ± 1e-5).
+// The scans look for p·(1 - 2^-19) rather than p: the kept mass exceeds p by (1-p)·kept/V at
+// least, which for p near 1 and few kept tokens is near the ~1e-6 error of S. With this slack the
+// scan always crosses; the result stays inside the band p·(1 ± 1e-5).
 constexpr double TARGET_SLACK = 1.0 - 1.0 / 524288.0;
 
 // Dynamic shared memory of the top-p kernels (155648 bytes; one CTA per SM).
 struct Hist {
-    unsigned long long mass[NB];
-    uint32_t cnt[NB];
-    uint32_t fine[FINE_WORDS];
+    unsigned long long mass[NB];  // fixed-point mass of each bucket of the current level
+    uint32_t cnt[NB];             // candidates (pass 1, 16-bit) or kept tokens of each bucket
+    uint32_t fine[FINE_WORDS];    // u16 count per 16-bit key, or the f32 key list
 };
 
 struct Crossing {
-    int idx;               // bucket where the cumulative mass reaches the target; -1: none
-    uint32_t count_above;  // elements in buckets above it
-    double mass_above;     // their mass
-    uint32_t total_count;  // elements in all buckets
+    int idx;                        // bucket where the cumulative mass reaches the target; -1: none
+    uint32_t count_above;           // kept tokens in buckets above it
+    unsigned long long mass_above;  // their mass
+    uint32_t total_count;           // kept tokens in all buckets
 };
 
 struct Shared {
@@ -42,64 +61,75 @@ struct Shared {
         Softmax sm[32];
         uint32_t u[32];
     } red;
-    double wmass[32];
+    unsigned long long wmass[32];
     uint32_t wcnt[32];
     int win;
     Crossing res;
     uint32_t lb_key;    // key32 of a lower bound of the row max (for pruning)
-    uint32_t list_len;  // f32 gather list length
-    uint32_t reread;    // the row's top-p refinement re-read it (in reverse order); reset per row
+    uint32_t list_len;  // f32 candidate / gather list length (may exceed LIST_CAP: then incomplete)
+    uint32_t reread;    // the row's top-p count re-read it (in reverse order); reset per row
 };
+
+// Per-row constants of the top-p count.
+struct RowCtx {
+    float m, c, thr;   // row max (z units), log2(e)/T, the kept threshold m + prune_z
+    float two_frac;    // 2^frac
+};
+
+// rn(2^frac · e^{(z - m)/T}) for a kept z (≤ m): the fixed-point mass of one token.
+__device__ __forceinline__ unsigned long long unit(const RowCtx& r, float z) {
+    return __float2ull_rn(ex2((z - r.m) * r.c) * r.two_frac);
+}
 
 // The cumulative mass of buckets visited top-down (bucket n-1 first) reaches `target` first at
 // the returned bucket. Each thread scans a contiguous run of items; runs are combined by warp and
-// block scans in a fixed order; the first crossing item wins by atomicMin (order-independent).
+// block scans in a fixed order (integer sums: exact); the first crossing item wins by atomicMin.
 // Must be called by the whole block (contains barriers).
 template <typename MassF, typename CountF>
-__device__ Crossing block_crossing(int n, double target, MassF mass_of, CountF count_of, Shared& sh) {
+__device__ Crossing block_crossing(int n, unsigned long long target, MassF mass_of, CountF count_of, Shared& sh) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
     const int per = (n + (int)blockDim.x - 1) / (int)blockDim.x;
     const int lo = min(n, tid * per), hi = min(n, lo + per);
-    double msum = 0.0;
+    unsigned long long msum = 0;
     uint32_t csum = 0;
     for (int i = lo; i < hi; ++i) {
         msum += mass_of(n - 1 - i);
         csum += count_of(n - 1 - i);
     }
-    double mi = msum;
+    unsigned long long mi = msum;
     uint32_t ci = csum;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
-        const double mo = __shfl_up_sync(FULL_MASK, mi, o);
+        const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
         const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
         if (lane >= o) mi += mo, ci += co;
     }
-    double mex = __shfl_up_sync(FULL_MASK, mi, 1);
+    unsigned long long mex = __shfl_up_sync(FULL_MASK, mi, 1);
     uint32_t cex = __shfl_up_sync(FULL_MASK, ci, 1);
-    if (lane == 0) mex = 0.0, cex = 0;
+    if (lane == 0) mex = 0, cex = 0;
     if (lane == 31) sh.wmass[warp] = mi, sh.wcnt[warp] = ci;
     if (tid == 0) sh.win = INT_MAX;
     __syncthreads();
     if (warp == 0) {
-        double m = lane < nw ? sh.wmass[lane] : 0.0;
+        unsigned long long m = lane < nw ? sh.wmass[lane] : 0;
         uint32_t c = lane < nw ? sh.wcnt[lane] : 0u;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
-            const double mo = __shfl_up_sync(FULL_MASK, m, o);
+            const unsigned long long mo = __shfl_up_sync(FULL_MASK, m, o);
             const uint32_t co = __shfl_up_sync(FULL_MASK, c, o);
             if (lane >= o) m += mo, c += co;
         }
-        double me = __shfl_up_sync(FULL_MASK, m, 1);
+        unsigned long long me = __shfl_up_sync(FULL_MASK, m, 1);
         uint32_t ce = __shfl_up_sync(FULL_MASK, c, 1);
-        if (lane == 0) me = 0.0, ce = 0;
+        if (lane == 0) me = 0, ce = 0;
         if (lane == 31) sh.res.total_count = c;
         __syncwarp();
         if (lane < nw) sh.wmass[lane] = me, sh.wcnt[lane] = ce;
     }
     __syncthreads();
-    const double base = sh.wmass[warp] + mex;
+    const unsigned long long base = sh.wmass[warp] + mex;
     const uint32_t cbase = sh.wcnt[warp] + cex;
-    double run = base;
+    unsigned long long run = base;
     for (int i = lo; i < hi; ++i) {
         run += mass_of(n - 1 - i);
         if (run >= target) {
@@ -123,231 +153,243 @@ __device__ Crossing block_crossing(int n, double target, MassF mass_of, CountF c
     return r;
 }
 
-// Probability e^{x - lse} of value z, with x - lse = (z - m)/T - ln S (no large common offset).
-__device__ __forceinline__ double prob_of(float z, float m, float inv_t, float ln_s) {
-    return (double)ex2(((z - m) * inv_t - ln_s) * LOG2E);
-}
-
-// The count at an exact level, where every element of a bucket has the same probability p:
-// ties are interchangeable, so k = above + ceil((target - mass_above) / p), at most the ties.
-__device__ __forceinline__ uint32_t exact_count(const Crossing& c, double target, uint32_t ties, double p) {
+// Exact level over `n` values whose keys are key_base + j, each with cnt_of(j) kept tokens of one
+// value (so one unit each): ties are interchangeable, so the count is the tokens above plus
+// ⌈(target − mass above) / unit⌉, at most the ties. With no crossing: every kept token.
+template <typename E, typename CountF>
+__device__ uint32_t exact_level(int n, uint32_t key_base, unsigned long long target, const RowCtx& r, CountF cnt_of,
+                                Shared& sh) {
+    auto unit_of = [&](int j) { return unit(r, Elem<E>::value_of_key(key_base + (uint32_t)j)); };
+    // Only keys with kept tokens are evaluated: a key above the row max has no unit (its ex2
+    // would overflow), and has no tokens.
+    auto mass_of = [&](int j) {
+        const uint32_t c = cnt_of(j);
+        return c == 0 ? 0ull : (unsigned long long)c * unit_of(j);
+    };
+    const Crossing c = block_crossing(n, target, mass_of, cnt_of, sh);
     if (c.idx < 0) return c.total_count;
-    double need = ceil((target - c.mass_above) / p);
-    need = fmin(fmax(need, 1.0), (double)ties);
-    return c.count_above + (uint32_t)need;
+    const unsigned long long u = max(unit_of(c.idx), 1ull), left = target - c.mass_above;
+    const unsigned long long need = (left + u - 1) / u;
+    return c.count_above + (uint32_t)min(max(need, 1ull), (unsigned long long)cnt_of(c.idx));
 }
 
-// Adds element (key, z) to the level histogram of keys with (key >> prefix_shift) == prefix,
-// bucketed by the bits above digit_shift. EXACT levels (digit_shift = 0: one value per bucket)
-// count only; others also add mass relative to the bucket's upper edge.
-template <typename E, bool EXACT>
-__device__ __forceinline__ void level_add(uint32_t key, float z, uint32_t prefix, int prefix_shift, int digit_shift,
-                                          uint32_t digit_mask, float c, float two_frac, Hist& h) {
-    if (!(z > NEG_INF) || (key >> prefix_shift) != prefix) return;
+// Adds the kept element (key, z) whose key satisfies (key & pmask) == prefix to the level
+// histogram, bucketed by (key >> digit_shift) & digit_mask: a count and, unless COUNT_ONLY (the
+// exact level: one value per bucket), its unit.
+template <bool COUNT_ONLY>
+__device__ __forceinline__ void level_add(uint32_t key, float z, uint32_t pmask, uint32_t prefix, int digit_shift,
+                                          uint32_t digit_mask, const RowCtx& r, Hist& h) {
+    if (!(z >= r.thr) || (key & pmask) != prefix) return;
     const uint32_t d = (key >> digit_shift) & digit_mask;
     atomicAdd(&h.cnt[d], 1u);
-    if (!EXACT) {
-        const float edge = Elem<E>::value_of_key(key | ((1u << digit_shift) - 1u));
-        atomicAdd(&h.mass[d], (unsigned long long)__float2ull_rn(ex2((z - edge) * c) * two_frac));
-    }
+    if (!COUNT_ONLY) atomicAdd(&h.mass[d], unit(r, z));
 }
 
-template <typename E, bool EXACT>
-__device__ void level_pass_row(const RowSplit<E>& rs, uint32_t prefix, int prefix_shift, int digit_shift,
-                               uint32_t digit_mask, float c, float two_frac, Hist& h) {
-    for_each_vec<2>(rs, true, [&](const uint4& r) {
+// One level over the row (a re-read, in reverse order: it starts with the part of the row most
+// likely still in L2).
+template <typename E, bool COUNT_ONLY>
+__device__ void level_pass_row(const RowSplit<E>& rs, uint32_t pmask, uint32_t prefix, int digit_shift,
+                               uint32_t digit_mask, const RowCtx& r, Hist& h) {
+    for_each_vec<2>(rs, true, [&](const uint4& v) {
 #pragma unroll
         for (int i = 0; i < Elem<E>::VEC; ++i) {
-            const uint32_t b = vec_bits<E>(r, i);
-            level_add<E, EXACT>(Elem<E>::key_of_bits(b), Elem<E>::value_of_bits(b), prefix, prefix_shift, digit_shift,
-                                digit_mask, c, two_frac, h);
+            const uint32_t b = vec_bits<E>(v, i);
+            level_add<COUNT_ONLY>(Elem<E>::key_of_bits(b), Elem<E>::value_of_bits(b), pmask, prefix, digit_shift,
+                                  digit_mask, r, h);
         }
     });
 }
 
-template <bool EXACT>
-__device__ void level_pass_list(uint32_t len, uint32_t prefix, int prefix_shift, int digit_shift, uint32_t digit_mask,
-                                float c, float two_frac, Hist& h) {
+// One level over the f32 key list (the first `len` keys of h.fine).
+template <bool COUNT_ONLY>
+__device__ void level_pass_list(uint32_t len, uint32_t pmask, uint32_t prefix, int digit_shift, uint32_t digit_mask,
+                                const RowCtx& r, Hist& h) {
     for (uint32_t i = threadIdx.x; i < len; i += blockDim.x) {
         const uint32_t k = h.fine[i];
-        level_add<float, EXACT>(k, from_key32(k), prefix, prefix_shift, digit_shift, digit_mask, c, two_frac, h);
+        level_add<COUNT_ONLY>(k, from_key32(k), pmask, prefix, digit_shift, digit_mask, r, h);
     }
 }
 
-// Zeroes the coarse histogram; with `fine16`, also the u16 counters of every touched bucket
-// (only those: a row touches few buckets, and the rest stayed zero). Barrier before and after.
-__device__ inline void clear_hist(Hist& h, bool fine16) {
+// Zeroes the level histogram (counts and masses). Barrier before and after.
+__device__ inline void clear_level(Hist& h) {
     __syncthreads();
-    for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) {
-        if (fine16 && h.cnt[b] != 0) {
-            uint4* f = reinterpret_cast<uint4*>(h.fine + b * 16);
-#pragma unroll
-            for (int q = 0; q < 4; ++q) f[q] = make_uint4(0, 0, 0, 0);
-        }
-        h.cnt[b] = 0;
-        h.mass[b] = 0;
-    }
+    for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) h.cnt[b] = 0, h.mass[b] = 0;
     __syncthreads();
 }
 
-// Per-row constants shared by the top-p steps.
-struct RowCtx {
-    float m, inv_t, c, ln_s, two_frac;
-    int frac;
-};
-
-__device__ __forceinline__ double fixed_to_double(unsigned long long f, int frac) { return ldexp((double)f, -frac); }
-
-// Coarse level: buckets are the key's top 11 bits.
-template <typename E>
-__device__ Crossing coarse_crossing(double target, const RowCtx& r, Hist& h, Shared& sh) {
-    constexpr int SHIFT = Elem<E>::KEY_BITS - COARSE_BITS;
-    return block_crossing(
-        NB, target,
-        [&](int b) {
-            const unsigned long long f = h.mass[b];
-            if (f == 0) return 0.0;
-            const float edge = Elem<E>::value_of_key(((uint32_t)b << SHIFT) | ((1u << SHIFT) - 1u));
-            return fixed_to_double(f, r.frac) * prob_of(edge, r.m, r.inv_t, r.ln_s);
-        },
-        [&](int b) { return h.cnt[b]; }, sh);
+// Zeroes every u16 counter (16-bit rows; the f32 list needs no clearing). Barrier after.
+__device__ inline void clear_fine(Hist& h) {
+    uint4* f = reinterpret_cast<uint4*>(h.fine);
+    for (uint32_t q = threadIdx.x; q < FINE_WORDS / 4; q += blockDim.x) f[q] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
 }
 
-// Exact level over `n` values whose keys are key_base + j, counts from cnt_of(j).
-template <typename E, typename CountF>
-__device__ uint32_t exact_level(int n, uint32_t key_base, double target, const RowCtx& r, CountF cnt_of,
-                                Shared& sh) {
-    auto p_of = [&](int j) { return prob_of(Elem<E>::value_of_key(key_base + (uint32_t)j), r.m, r.inv_t, r.ln_s); };
-    const Crossing c = block_crossing(
-        n, target, [&](int j) { return (double)cnt_of(j) * p_of(j); }, cnt_of, sh);
-    return c.idx < 0 ? c.total_count : exact_count(c, target, cnt_of(c.idx), p_of(c.idx));
-}
-
-// Branch count of a 16-bit row after pass 1 (coarse histogram + u16 count per key). Leaves the
-// histograms zeroed.
-template <typename E>
-__device__ uint32_t branch16(const RowSplit<E>& rs, double target, const RowCtx& r, Hist& h, Shared& sh) {
-    const Crossing c1 = coarse_crossing<E>(target, r, h, sh);
-    if (c1.idx < 0) {
-        clear_hist(h, true);
-        return c1.total_count;
+// Appends this thread's keys k[0..VEC) that are `hit` to the shared list (warp-aggregated: one
+// shared atomic per warp and call; nothing at all when no lane of the warp has a hit). Keys past
+// LIST_CAP are counted in list_len but not stored. Every thread of the warp must call it.
+template <int VEC>
+__device__ __forceinline__ void list_append(const uint32_t (&k)[VEC], uint32_t hits, Hist& h, Shared& sh) {
+    const uint32_t lane = threadIdx.x & 31, mine = __popc(hits);
+    if (__ballot_sync(FULL_MASK, mine != 0) == 0) return;  // uniform over the warp
+    uint32_t incl = mine;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t t = __shfl_up_sync(FULL_MASK, incl, o);
+        if (lane >= (uint32_t)o) incl += t;
     }
-    const uint32_t b1 = (uint32_t)c1.idx, n1 = h.cnt[b1];
-    uint32_t result;
-    if (n1 == 1) {
-        result = c1.count_above + 1;
-    } else if (n1 < 65536) {  // no u16 counter of this bucket can have wrapped
-        auto fine = [&](int j) {
-            const uint32_t k = (b1 << 5) | (uint32_t)j;
-            return (h.fine[k >> 1] >> ((k & 1) << 4)) & 0xffffu;
-        };
-        result = c1.count_above + exact_level<E>(32, b1 << 5, target - c1.mass_above, r, fine, sh);
-    } else {  // >= 65536 tokens in one bucket: count its 32 values exactly by re-reading the row
-        if (threadIdx.x == 0) sh.reread = 1;
-        clear_hist(h, true);
-        level_pass_row<E, true>(rs, b1, 5, 0, 31, r.c, r.two_frac, h);
-        __syncthreads();
-        result = c1.count_above +
-                 exact_level<E>(32, b1 << 5, target - c1.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);
+    uint32_t base = 0;
+    if (lane == 31) base = atomicAdd(&sh.list_len, incl);
+    base = __shfl_sync(FULL_MASK, base, 31);
+    uint32_t pos = base + incl - mine;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        if (hits >> i & 1u) {
+            if (pos < LIST_CAP) h.fine[pos] = k[i];
+            ++pos;
+        }
     }
-    clear_hist(h, true);
-    return result;
 }
 
-// Appends the keys of the row with (key >> 21) == b1 to the shared list (warp-aggregated).
-__device__ inline void gather_f32(const RowSplit<float>& rs, uint32_t b1, Hist& h, Shared& sh) {
-    const uint32_t lane = threadIdx.x & 31;
-    for_each_vec<2>(rs, true, [&](const uint4& r) {
-        uint32_t k[4], mine = 0;
+// Re-reads the row and appends the keys of its kept elements with (key >> 21) == b1 to the list.
+__device__ inline void gather_f32(const RowSplit<float>& rs, uint32_t b1, const RowCtx& r, Hist& h, Shared& sh) {
+    for_each_vec<2>(rs, true, [&](const uint4& v) {
+        uint32_t k[4], hits = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const uint32_t b = vec_bits<float>(r, i);
-            k[i] = key32(__uint_as_float(b));
-            const bool hit = (k[i] >> 21) == b1 && __uint_as_float(b) > NEG_INF;
-            mine += hit;
-            k[i] = hit ? k[i] : 0u;  // key 0 is a -NaN pattern: never in a crossing bucket
+            const float z = __uint_as_float(vec_bits<float>(v, i));
+            k[i] = key32(z);
+            hits |= (uint32_t)(z >= r.thr && (k[i] >> 21) == b1) << i;
         }
-        uint32_t incl = mine;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t t = __shfl_up_sync(FULL_MASK, incl, o);
-            if (lane >= o) incl += t;
-        }
-        const uint32_t total = __shfl_sync(FULL_MASK, incl, 31);
-        uint32_t base = 0;
-        if (lane == 31 && total != 0) base = atomicAdd(&sh.list_len, total);
-        base = __shfl_sync(FULL_MASK, base, 31);
-        uint32_t pos = base + incl - mine;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            if (k[i] != 0u) {
-                if (pos < LIST_CAP) h.fine[pos] = k[i];
-                ++pos;
-            }
-        }
+        list_append<4>(k, hits, h, sh);
     });
 }
 
-// Branch count of an f32 row after pass 1: coarse (bits 31..21), then bits 20..10 with mass,
-// then bits 9..0 exactly, over the gathered keys (or the row, if they do not fit).
-__device__ inline uint32_t branch32(const RowSplit<float>& rs, double target, const RowCtx& r, Hist& h, Shared& sh) {
-    const Crossing c1 = coarse_crossing<float>(target, r, h, sh);
-    if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
-        const uint32_t res = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
-        clear_hist(h, false);
-        return res;
-    }
-    const uint32_t b1 = (uint32_t)c1.idx, n1 = h.cnt[b1];
-    if (threadIdx.x == 0) sh.list_len = 0, sh.reread = 1;
-    clear_hist(h, false);
-    bool list = n1 <= LIST_CAP;
-    if (list) {
-        gather_f32(rs, b1, h, sh);
-        __syncthreads();
-        list = sh.list_len <= LIST_CAP;  // pruned tokens of the bucket may come on top of n1
-    }
-    const uint32_t len = sh.list_len;
-    if (list) {
-        level_pass_list<false>(len, b1, 21, 10, 0x7ff, r.c, r.two_frac, h);
-    } else {
-        level_pass_row<float, false>(rs, b1, 21, 10, 0x7ff, r.c, r.two_frac, h);
-    }
-    __syncthreads();
-    const double t2 = target - c1.mass_above;
-    const Crossing c2 = block_crossing(
-        NB, t2,
-        [&](int d) {
-            const unsigned long long f = h.mass[d];
-            if (f == 0) return 0.0;
-            const float edge = from_key32((b1 << 21) | ((uint32_t)d << 10) | 0x3ffu);
-            return fixed_to_double(f, r.frac) * prob_of(edge, r.m, r.inv_t, r.ln_s);
-        },
-        [&](int d) { return h.cnt[d]; }, sh);
-    uint32_t result;
-    if (c2.idx < 0 || h.cnt[c2.idx] == 1) {
-        result = c1.count_above + (c2.idx < 0 ? c2.total_count : c2.count_above + 1);
-    } else {
-        const uint32_t prefix = (b1 << 11) | (uint32_t)c2.idx;
-        clear_hist(h, false);
-        if (list) {
-            level_pass_list<true>(len, prefix, 10, 0, 0x3ff, r.c, r.two_frac, h);
-        } else {
-            level_pass_row<float, true>(rs, prefix, 10, 0, 0x3ff, r.c, r.two_frac, h);
+// Branch count of a 16-bit row after pass 1 (coarse candidate counts + a u16 count per key).
+// Leaves the histograms zeroed.
+template <typename E>
+__device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, const RowCtx& r, Hist& h,
+                             Shared& sh) {
+    auto fine16 = [&](uint32_t k) { return (h.fine[k >> 1] >> ((k & 1) << 4)) & 0xffffu; };
+    // Each thread turns its buckets' candidate counts into kept counts and exact masses.
+    bool heavy = false;
+    for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) {
+        const uint32_t raw = h.cnt[b];
+        if (raw == 0) continue;
+        if (raw >= HEAVY) {
+            heavy = true;
+            continue;
         }
-        __syncthreads();
-        result = c1.count_above + c2.count_above +
-                 exact_level<float>(1024, prefix << 10, t2 - c2.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);
+        uint32_t kept = 0;
+        unsigned long long mass = 0;
+        for (uint32_t j = 0; j < 32; ++j) {
+            const uint32_t k = (b << 5) | j, c = fine16(k);
+            const float z = Elem<E>::value_of_key(k);
+            if (c != 0 && z >= r.thr) kept += c, mass += (unsigned long long)c * unit(r, z);
+        }
+        h.cnt[b] = kept;
+        h.mass[b] = mass;
     }
-    clear_hist(h, false);
+    uint32_t result;
+    if (block_or((uint32_t)heavy, sh.red.u) == 0) {
+        const Crossing c1 = block_crossing(
+            NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
+        if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
+            result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
+        } else {
+            const uint32_t b1 = (uint32_t)c1.idx;
+            auto kept = [&](int j) {
+                const uint32_t k = (b1 << 5) | (uint32_t)j;
+                return Elem<E>::value_of_key(k) >= r.thr ? fine16(k) : 0u;
+            };
+            result = c1.count_above + exact_level<E>(32, b1 << 5, target - c1.mass_above, r, kept, sh);
+        }
+    } else {
+        // A counter may have wrapped: count the row again, level by level, with u32 counters.
+        if (threadIdx.x == 0) sh.reread = 1;
+        clear_level(h);
+        level_pass_row<E, false>(rs, 0u, 0u, 16 - COARSE_BITS, NB - 1, r, h);
+        __syncthreads();
+        const Crossing c1 = block_crossing(
+            NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
+        if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
+            result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
+        } else {
+            const uint32_t b1 = (uint32_t)c1.idx;
+            clear_level(h);
+            level_pass_row<E, true>(rs, 0xffe0u, b1 << 5, 0, 31, r, h);
+            __syncthreads();
+            result = c1.count_above +
+                     exact_level<E>(32, b1 << 5, target - c1.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);
+        }
+    }
+    clear_level(h);
+    clear_fine(h);
     return result;
 }
 
-// Pass 1 over a row: online softmax state, non-finite flag and (TOPP) the histograms.
+// Branch count of an f32 row after pass 1 (the candidates' keys in the list, unless there were
+// more than LIST_CAP): bits 31..21, then 20..10 with masses, then 9..0 exactly.
+__device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long long target, const RowCtx& r, Hist& h,
+                                    Shared& sh) {
+    bool list = sh.list_len <= LIST_CAP;
+    uint32_t len = sh.list_len;
+    if (!list && threadIdx.x == 0) sh.reread = 1;
+    if (list) {
+        level_pass_list<false>(len, 0u, 0u, 21, 0x7ff, r, h);
+    } else {
+        level_pass_row<float, false>(rs, 0u, 0u, 21, 0x7ff, r, h);
+    }
+    __syncthreads();
+    const Crossing c1 = block_crossing(
+        NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
+    uint32_t result;
+    if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
+        result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
+    } else {
+        const uint32_t b1 = (uint32_t)c1.idx;
+        clear_level(h);
+        if (!list) {  // gather the crossing bucket's kept keys: the list holds them if they fit
+            if (threadIdx.x == 0) sh.list_len = 0;
+            __syncthreads();
+            gather_f32(rs, b1, r, h, sh);
+            __syncthreads();
+            len = sh.list_len;
+            list = len <= LIST_CAP;
+        }
+        if (list) {
+            level_pass_list<false>(len, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+        } else {
+            level_pass_row<float, false>(rs, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+        }
+        __syncthreads();
+        const unsigned long long t2 = target - c1.mass_above;
+        const Crossing c2 = block_crossing(
+            NB, t2, [&](int d) { return h.mass[d]; }, [&](int d) { return h.cnt[d]; }, sh);
+        if (c2.idx < 0 || h.cnt[c2.idx] == 1) {
+            result = c1.count_above + (c2.idx < 0 ? c2.total_count : c2.count_above + 1);
+        } else {
+            const uint32_t prefix = (b1 << 11) | (uint32_t)c2.idx;
+            clear_level(h);
+            if (list) {
+                level_pass_list<true>(len, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
+            } else {
+                level_pass_row<float, true>(rs, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
+            }
+            __syncthreads();
+            result = c1.count_above + c2.count_above +
+                     exact_level<float>(1024, prefix << 10, t2 - c2.mass_above, r, [&](int j) { return h.cnt[j]; },
+                                        sh);
+        }
+    }
+    clear_level(h);
+    return result;
+}
+
+// Pass 1 over a row: online softmax state, non-finite flag and (TOPP) the top-p candidates.
 template <typename E, bool TOPP>
-__device__ Softmax pass1(const RowSplit<E>& rs, float inv_t, float c, float prune_z, float two_frac, uint32_t& bad,
-                         Hist* h, Shared& sh) {
+__device__ Softmax pass1(const RowSplit<E>& rs, float inv_t, float c, float prune_z, uint32_t& bad, Hist* h,
+                         Shared& sh) {
     constexpr int VEC = Elem<E>::VEC;
-    constexpr int SHIFT = Elem<E>::KEY_BITS - COARSE_BITS;
     float m = NEG_INF, s = 0.f, w = 0.f;
     uint32_t nonfinite = 0;
     for_each_vec<TOPP ? 2 : 4>(rs, false, [&](const uint4& r) {
@@ -384,16 +426,23 @@ __device__ Softmax pass1(const RowSplit<E>& rs, float inv_t, float c, float prun
             uint32_t lb = 0;
             if ((threadIdx.x & 31) == 0) lb = max(atomicMax(&sh.lb_key, wk), wk);
             const float thr = fmaxf(m, from_key32(__shfl_sync(FULL_MASK, lb, 0))) + prune_z;
+            if constexpr (Elem<E>::KEY_BITS == 16) {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                if (v[i] >= thr && v[i] > NEG_INF) {
-                    const uint32_t key = Elem<E>::key_of_bits(vec_bits<E>(r, i));
-                    const uint32_t b = key >> SHIFT;
-                    const float edge = Elem<E>::value_of_key(key | ((1u << SHIFT) - 1u));
-                    atomicAdd(&h->cnt[b], 1u);
-                    atomicAdd(&h->mass[b], (unsigned long long)__float2ull_rn(ex2((v[i] - edge) * c) * two_frac));
-                    if constexpr (Elem<E>::KEY_BITS == 16) atomicAdd(&h->fine[key >> 1], 1u << ((key & 1u) << 4));
+                for (int i = 0; i < VEC; ++i) {
+                    if (v[i] >= thr && v[i] > NEG_INF) {
+                        const uint32_t key = Elem<E>::key_of_bits(vec_bits<E>(r, i));
+                        atomicAdd(&h->cnt[key >> (16 - COARSE_BITS)], 1u);
+                        atomicAdd(&h->fine[key >> 1], 1u << ((key & 1u) << 4));
+                    }
                 }
+            } else {
+                uint32_t k[VEC], hits = 0;
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    k[i] = key32(v[i]);
+                    hits |= (uint32_t)(v[i] >= thr && v[i] > NEG_INF) << i;
+                }
+                list_append<VEC>(k, hits, *h, sh);
             }
         }
     });
@@ -437,8 +486,23 @@ struct PassParams {
     float inv_t;    // 1/T
     float top_p;    // in (0, 1) (TOPP only)
     float prune_z;  // (ln((1-p)/V) - margin)·T <= 0 (TOPP only)
-    int frac;       // fixed-point bits of the mass histogram (TOPP only)
 };
+
+// The top-p count of a row whose pass gave `r` (not flagged): the fixed-point scale from S, the
+// integer target, then the count for the key width.
+template <typename E>
+__device__ uint32_t branch_count(const RowSplit<E>& rs, const RowStats& st, const PassParams& pp, float c, Hist& h,
+                                 Shared& sh) {
+    const int frac = 61 - ilogbf(st.st.s);  // S ≥ 1 (the max contributes 1): 2^frac·S < 2^62
+    const RowCtx r{st.st.m, c, st.st.m + pp.prune_z, __int_as_float((127 + frac) << 23)};
+    const unsigned long long target =
+        (unsigned long long)ceil((double)pp.top_p * TARGET_SLACK * (double)st.st.s * ldexp(1.0, frac));
+    if constexpr (Elem<E>::KEY_BITS == 16) {
+        return branch16<E>(rs, target, r, h, sh);
+    } else {
+        return branch32(rs, target, r, h, sh);
+    }
+}
 
 // One row: the single pass and block merge, then `on_stats(RowStats)` (every thread; the kernel
 // writes its per-row outputs there), then, with TOPP, the exact branch count (0 for a flagged
@@ -448,11 +512,10 @@ template <typename E, bool TOPP, typename OnStats>
 __device__ __forceinline__ uint32_t row_stats(const RowSplit<E>& rs, const PassParams& pp, Hist* h, Shared& sh,
                                               OnStats&& on_stats) {
     const float inv_t = pp.inv_t, c = inv_t * LOG2E;
-    const float two_frac = __int_as_float((127 + pp.frac) << 23);  // 2^frac, 0 <= frac <= 62
-    if (threadIdx.x == 0) sh.lb_key = key32(NEG_INF), sh.reread = 0;
+    if (threadIdx.x == 0) sh.lb_key = key32(NEG_INF), sh.reread = 0, sh.list_len = 0;
     __syncthreads();
     uint32_t bad;
-    Softmax st = pass1<E, TOPP>(rs, inv_t, c, pp.prune_z, two_frac, bad, h, sh);
+    Softmax st = pass1<E, TOPP>(rs, inv_t, c, pp.prune_z, bad, h, sh);
     st = block_merge(st, c, inv_t, sh.red.sm);
     bad = block_or(bad, sh.red.u);
     const uint32_t flag = bad ? ROW_NON_FINITE : (st.m == NEG_INF ? ROW_ALL_NEG_INF : 0u);
@@ -461,15 +524,10 @@ __device__ __forceinline__ uint32_t row_stats(const RowSplit<E>& rs, const PassP
     uint32_t k = 0;
     if constexpr (TOPP) {
         if (flag) {
-            clear_hist(*h, Elem<E>::KEY_BITS == 16);
+            clear_level(*h);
+            if (Elem<E>::KEY_BITS == 16) clear_fine(*h);
         } else {
-            const RowCtx ctx{st.m, inv_t, c, (float)r.ln_s, two_frac, pp.frac};
-            const double target = (double)pp.top_p * TARGET_SLACK;
-            if constexpr (Elem<E>::KEY_BITS == 16) {
-                k = branch16<E>(rs, target, ctx, *h, sh);
-            } else {
-                k = branch32(rs, target, ctx, *h, sh);
-            }
+            k = branch_count<E>(rs, r, pp, c, *h, sh);
         }
     }
     __syncthreads();  // sh.lb_key and the reductions' scratch are reused by the next row

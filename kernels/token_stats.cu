@@ -4,20 +4,21 @@
 //
 // Traffic budget per row of V elements of b bytes: read V·b once (16-byte loads), plus the target
 // id (4 B) and its logit (b); write lse, entropy, logp, flags (4 B each) and branch (4 B).
-// Top-p adds no traffic for bf16/f16: a 2048-bucket histogram (count, mass) over the key's top 11
-// bits and a full-resolution u16 count per 16-bit key live in shared memory, so the refinement
-// after the crossing bucket is a scan of 32 counters. For f32 (32-bit keys) the refinement
-// re-reads the row once, in reverse order so that it starts with the part most likely still in
-// L2, gathering the crossing bucket's keys into shared memory (two more radix levels there).
-// Rows whose crossing bucket holds one element, or with top-p off, read nothing more.
+// Top-p adds no traffic for bf16/f16 rows: a count per coarse bucket (the key's top 11 bits) and a
+// u16 count per 16-bit key live in shared memory, and the masses are computed from those counts
+// after the pass. For f32 (32-bit keys) the pass keeps the candidates' keys in shared memory
+// (32768 of them); a row with more candidates (flat rows) re-reads itself, in reverse order so
+// that it starts with the part most likely still in L2: once for the coarse level, once to gather
+// the crossing bucket (and twice more if even that does not fit). So do 16-bit rows with 65536
+// candidates in one coarse bucket, whose u16 counters may have wrapped. row_stats.cuh states the
+// algorithm and its error bound.
 //
 // Reduction order (deterministic, same bits every run): per thread, elements in load order;
 // warps by xor butterfly; warps merged by warp 0 in index order. Histograms are integer atomics
-// (order-independent): counts, and mass as fixed point exp(x - x_edge)·2^frac relative to the
-// bucket's upper edge, so it needs no row max. Scans walk buckets top-down in a fixed order.
-// The pruning of §5 (skip x < m_running + ln((1-p)/V)) depends on timing through the running
-// block max, but never changes the result: a pruned token is below the crossing probability, so
-// it is never in a bucket above the crossing one nor in the crossing value.
+// (order-independent): counts, and masses as integers rn(2^frac·e^{(z - m)/T}) relative to the
+// row max. Scans walk buckets top-down in a fixed order with integer sums. The pruning of §5 (skip
+// x < m_running + ln((1-p)/V)) depends on timing through the running block max, but never changes
+// the result: every level counts only tokens above the final threshold m + ln((1-p)/V).
 #include "row_stats.cuh"
 
 using namespace rlvr;
@@ -28,14 +29,14 @@ namespace {
 template <typename E, bool TOPP>
 __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, uint32_t vocab,
                                  const uint32_t* __restrict__ targets, float inv_t, float top_p, float prune_z,
-                                 int frac, float* __restrict__ lse, float* __restrict__ entropy,
+                                 float* __restrict__ lse, float* __restrict__ entropy,
                                  float* __restrict__ logp, uint32_t* __restrict__ branch,
                                  uint32_t* __restrict__ flags) {
     __shared__ Shared sh;
     RLVR_DYNAMIC_SHARED(unsigned char, dyn);
     Hist* h = nullptr;
     if constexpr (TOPP) h = init_hist(dyn);
-    const PassParams pp{inv_t, top_p, prune_z, frac};
+    const PassParams pp{inv_t, top_p, prune_z};
     for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
         const RowSplit<E> rs(logits, row, vocab);
         const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
@@ -66,21 +67,21 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
 //   logits [n_rows * vocab] row-major; targets [n_rows] or null; inv_t = 1/T;
 //   outputs lse, entropy [n_rows]; logp [n_rows] or null (needs targets); flags [n_rows]
 //   (bit 1 NaN/+inf, bit 2 all -inf, bit 4 target >= vocab).
-//   Top-p kernels also take top_p in (0,1), prune_z = (ln((1-p)/V) - margin)·T (<= 0), frac
-//   (fixed-point bits of the mass histogram, V·2^frac < 2^63), branch [n_rows]; they need
-//   sizeof(Hist) = 155648 bytes of dynamic shared memory and blockDim.x = 1024.
+//   Top-p kernels also take top_p in (0,1), prune_z = (ln((1-p)/V) - margin)·T (<= 0) and
+//   branch [n_rows]; they need sizeof(Hist) = 155648 bytes of dynamic shared memory and
+//   blockDim.x = 1024.
 #define RLVR_TOKEN_STATS(NAME, E)                                                                                    \
     extern "C" __global__ void __launch_bounds__(BLOCK, 1)                                                            \
         token_stats_##NAME(const E* logits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, float inv_t,   \
                            float* lse, float* entropy, float* logp, uint32_t* flags) {                                \
-        token_stats_rows<E, false>(logits, n_rows, vocab, targets, inv_t, 0.f, 0.f, 0, lse, entropy, logp, nullptr,  \
+        token_stats_rows<E, false>(logits, n_rows, vocab, targets, inv_t, 0.f, 0.f, lse, entropy, logp, nullptr,     \
                                    flags);                                                                            \
     }                                                                                                                 \
     extern "C" __global__ void __launch_bounds__(BLOCK, 1) token_stats_topp_##NAME(                                   \
         const E* logits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, float inv_t, float top_p,           \
-        float prune_z, int frac, float* lse, float* entropy, float* logp, uint32_t* branch, uint32_t* flags) {        \
-        token_stats_rows<E, true>(logits, n_rows, vocab, targets, inv_t, top_p, prune_z, frac, lse, entropy, logp,    \
-                                  branch, flags);                                                                     \
+        float prune_z, float* lse, float* entropy, float* logp, uint32_t* branch, uint32_t* flags) {                  \
+        token_stats_rows<E, true>(logits, n_rows, vocab, targets, inv_t, top_p, prune_z, lse, entropy, logp, branch,  \
+                                  flags);                                                                             \
     }
 
 RLVR_TOKEN_STATS(f32, float)

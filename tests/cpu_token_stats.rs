@@ -22,7 +22,10 @@
 
 mod common;
 
-use common::{cases, config, logits_spec, round_to, temperature, top_p, LogitsSpec};
+use common::{
+    cases, config, logits_spec, low_temperature, review_row, round_to, shifted_spec, temperature, top_p, top_p_on,
+    LogitsSpec,
+};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use rlvr_kernels::{cpu, naive, reference, Element, Error, TokenStatsConfig};
@@ -113,6 +116,45 @@ proptest! {
     #[test]
     fn fused_stats_match_reference_f16(spec in logits_spec(), t in temperature(), p in top_p(), y in any::<bool>()) {
         check::<f16>(&spec, t, p, y)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Shift invariance of the top-p count (and the statistics): rows moved by c up to ±1000 at
+    /// temperatures down to 0.1, against the reference on the same shifted (rounded) values.
+    #[test]
+    fn shifted_rows_match_reference_f32(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<f32>(&spec, t, Some(p), false)?;
+    }
+
+    #[test]
+    fn shifted_rows_match_reference_bf16(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<bf16>(&spec, t, Some(p), false)?;
+    }
+
+    #[test]
+    fn shifted_rows_match_reference_f16(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<f16>(&spec, t, Some(p), false)?;
+    }
+}
+
+/// The top-p review's row (tests/common `review_row`, V = 151936 and 50257, T = 0.5, p = 0.95)
+/// in every dtype, against the reference band.
+#[test]
+fn review_row_is_in_band() {
+    fn one<E: Element>(vocab: usize) {
+        let (logits, z) = round_to::<E>(&review_row(vocab, 12));
+        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true };
+        let k = cpu::token_stats(&logits, vocab, None, &cfg).unwrap().branch.unwrap()[0];
+        let (lo, hi) = reference::branch_band(&z, 0.5, 0.95f32 as f64);
+        assert!(lo <= k && k <= hi, "{:?} V = {vocab}: k = {k} not in [{lo}, {hi}]", E::DTYPE);
+    }
+    for vocab in [151_936, 50_257] {
+        one::<bf16>(vocab);
+        one::<f16>(vocab);
+        one::<f32>(vocab);
     }
 }
 

@@ -23,7 +23,10 @@ use gpu_env::{gpu, gpu_or_skip};
 
 use std::sync::Arc;
 
-use common::{config, logits_spec, round_to, temperature, top_p, LogitsSpec, RowKind};
+use common::{
+    config, logits_spec, low_temperature, review_row, round_to, shifted_spec, temperature, top_p, top_p_on, LogitsSpec,
+    RowKind,
+};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use rlvr_kernels::cuda::cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
@@ -174,6 +177,69 @@ proptest! {
     #[test]
     fn stats_match_reference_f16(spec in logits_spec(), t in temperature(), p in top_p(), y in any::<bool>()) {
         check::<f16>(&spec, t, p, y)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Shift invariance of the top-p count (and the statistics): the rows of the properties above
+    /// moved by c up to ±1000 at temperatures down to 0.1, against the reference on the same
+    /// (dtype-rounded) shifted values.
+    #[test]
+    fn shifted_rows_match_reference_f32(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<f32>(&spec, t, Some(p), false)?;
+    }
+
+    #[test]
+    fn shifted_rows_match_reference_bf16(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<bf16>(&spec, t, Some(p), false)?;
+    }
+
+    #[test]
+    fn shifted_rows_match_reference_f16(spec in shifted_spec(), t in low_temperature(), p in top_p_on()) {
+        check::<f16>(&spec, t, Some(p), false)?;
+    }
+}
+
+/// The review's row (tests/common `review_row`: N(58, 1) with five logits at 64, V = 151936,
+/// T = 0.5, p = 0.95), where a bucket-edge mass gave k = 2312 against ≈ 39360, and the same row
+/// at V = 50257; every dtype, against the reference band.
+#[test]
+fn review_row_is_in_band() {
+    let Some(stream) = gpu_or_skip("review_row_is_in_band") else { return };
+    fn one<E: Element + DeviceRepr>(stream: &Arc<CudaStream>, vocab: usize) {
+        let (logits, z) = round_to::<E>(&review_row(vocab, 12));
+        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true };
+        let fast = run(stream, &stream.clone_htod(&logits).unwrap(), vocab, None, &cfg).unwrap();
+        compare::<E>(&z, vocab, None, &cfg, &fast, 0..1).unwrap_or_else(|e| panic!("{:?} V = {vocab}: {e}", E::DTYPE));
+    }
+    for vocab in [151_936, 50_257] {
+        one::<bf16>(&stream, vocab);
+        one::<f16>(&stream, vocab);
+        one::<f32>(&stream, vocab);
+    }
+}
+
+/// Rows whose crossing coarse bucket reaches far above the row max at a small temperature: bf16
+/// buckets at |z| ∈ [128, 256) are 32 wide, so at T = 0.1 the bucket's upper keys lie up to 320
+/// (in x) above the max, where e^{x − m} overflows f32. The count must come from the tokens'
+/// own values: a few distinct values (ties at the crossing) in [128, 160), every dtype.
+#[test]
+fn keys_far_above_the_max_at_small_temperature() {
+    let Some(stream) = gpu_or_skip("keys_far_above_the_max_at_small_temperature") else { return };
+    fn one<E: Element + DeviceRepr>(stream: &Arc<CudaStream>, values: &[f32], p: f32) {
+        let v = 3001;
+        let row: Vec<f32> = (0..v).map(|i| values[(i * 7919) % values.len()]).collect();
+        let (logits, z) = round_to::<E>(&row);
+        let cfg = TokenStatsConfig { temperature: 0.1, top_p: Some(p), check_finite: true };
+        let fast = run(stream, &stream.clone_htod(&logits).unwrap(), v, None, &cfg).unwrap();
+        compare::<E>(&z, v, None, &cfg, &fast, 0..1).unwrap_or_else(|e| panic!("{:?} {values:?}: {e}", E::DTYPE));
+    }
+    for (values, p) in [(&[130.0f32][..], 0.95f32), (&[130.0, 130.5, 131.0][..], 0.5), (&[129.0, 130.0][..], 0.95)] {
+        one::<bf16>(&stream, values, p);
+        one::<f16>(&stream, values, p);
+        one::<f32>(&stream, values, p);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::context::cuda_err;
 use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, LaunchArgs, PushKernelArg};
 use super::sequence::{download, upload, zeros, SeqCounts, Status};
-use super::token_stats::top_p_pass;
+use super::token_stats::prune_z;
 use crate::config::{GrpoConfig, KlEstimator};
 use crate::error::Result;
 use crate::types::{GrpoForward, GrpoSaved};
@@ -210,7 +210,6 @@ pub(crate) struct PassParams {
     inv_t: f32,
     top_p: f32,
     prune_z: f32,
-    frac: i32,
 }
 
 // SAFETY: plain old data, laid out as row_stats.cuh's `struct PassParams` (4-byte fields in order).
@@ -239,6 +238,6 @@ pub(crate) fn loss_params(cfg: &GrpoConfig) -> LossParams {
 }
 
 pub(crate) fn pass_params(cfg: &GrpoConfig, vocab: usize) -> PassParams {
-    let (prune_z, frac) = cfg.top_p.map_or((0.0, 0), |p| top_p_pass(p, vocab, cfg.temperature));
-    PassParams { inv_t: 1.0 / cfg.temperature, top_p: cfg.top_p.unwrap_or(0.0), prune_z, frac }
+    let prune_z = cfg.top_p.map_or(0.0, |p| prune_z(p, vocab, cfg.temperature));
+    PassParams { inv_t: 1.0 / cfg.temperature, top_p: cfg.top_p.unwrap_or(0.0), prune_z }
 }

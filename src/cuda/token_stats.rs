@@ -18,9 +18,8 @@ pub const ROW_ALL_NEG_INF: u32 = 2;
 /// Flag bit: the row's target id is ≥ V (its `logp` is NaN).
 pub const ROW_BAD_TARGET: u32 = 4;
 
-/// Largest V for the top-p count: the mass histogram is fixed point with 62 − bits(V) fraction
-/// bits, and V·2^(2·bits(V) − 63) bounds its relative error; at 2^22 that is 2e-6, below the
-/// 1e-5 band of DESIGN.md §4.
+/// Largest V for the top-p count on CUDA: the tested range (the kernels' integer masses and
+/// counts would allow more: 2^frac·S < 2^62 with frac chosen per row from S ≤ V).
 pub const MAX_TOP_P_VOCAB: usize = 1 << 22;
 
 /// Dynamic shared memory of the top-p kernels: `sizeof(Hist)` in token_stats.cu (2048 × u64
@@ -31,12 +30,10 @@ pub(crate) const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4;
 /// for f32 rounding of the running max and the threshold (the rule itself is exact).
 const PRUNE_MARGIN: f64 = 0.05;
 
-/// The top-p pass settings of a row kernel (`rows::PassParams` in `kernels/row_stats.cuh`):
-/// `prune_z` = (ln((1 − p)/V) − margin)·T, the pruning threshold below the running max, and `frac`
-/// = 62 − bits(V), the fixed-point bits of the mass histogram (V·2^frac < 2^63).
-pub(crate) fn top_p_pass(top_p: f32, vocab: usize, temperature: f32) -> (f32, i32) {
-    let prune_z = (((1.0 - top_p as f64).ln() - (vocab as f64).ln() - PRUNE_MARGIN) * temperature as f64) as f32;
-    (prune_z, 62 - (usize::BITS - vocab.leading_zeros()) as i32)
+/// The pruning threshold of a row kernel's top-p pass (`rows::PassParams::prune_z` in
+/// `kernels/row_stats.cuh`): (ln((1 − p)/V) − margin)·T, below the running max.
+pub(crate) fn prune_z(top_p: f32, vocab: usize, temperature: f32) -> f32 {
+    (((1.0 - top_p as f64).ln() - (vocab as f64).ln() - PRUNE_MARGIN) * temperature as f64) as f32
 }
 
 /// Device outputs of the token statistics, one entry per row.
@@ -185,7 +182,7 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
             let name = dtype_name(["token_stats_topp_f32", "token_stats_topp_bf16", "token_stats_topp_f16"], E::DTYPE);
             let k = Kernel { module: Module::TokenStats, name, shared_bytes: TOP_P_SHARED_BYTES };
             let (func, lc) = launch_for(stream, k, n_rows)?;
-            let (prune_z, frac) = top_p_pass(p, vocab, cfg.temperature);
+            let prune_z = prune_z(p, vocab, cfg.temperature);
             let branch = out.branch.as_mut().expect("checked: branch buffer present with top_p");
             let mut b = stream.launch_builder(&func);
             b.arg(logits).arg(&n_rows).arg(&v32);
@@ -193,14 +190,14 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
                 Some(t) => b.arg(t),
                 None => b.arg(&null),
             };
-            b.arg(&inv_t).arg(&p).arg(&prune_z).arg(&frac).arg(&mut out.lse).arg(&mut out.entropy);
+            b.arg(&inv_t).arg(&p).arg(&prune_z).arg(&mut out.lse).arg(&mut out.entropy);
             match out.logp.as_mut() {
                 Some(l) => b.arg(l),
                 None => b.arg(&null),
             };
             b.arg(branch).arg(&mut out.flags);
             // SAFETY: token_stats_topp_<dtype>(const E* logits, u64 n_rows, u32 vocab, const u32*
-            // targets (or null), f32 inv_t, f32 top_p, f32 prune_z, i32 frac, f32* lse, f32*
+            // targets (or null), f32 inv_t, f32 top_p, f32 prune_z, f32* lse, f32*
             // entropy, f32* logp (or null), u32* branch, u32* flags): the arguments above in that
             // order and type; buffer lengths checked above; `lc` gives the TOP_P_SHARED_BYTES of
             // dynamic shared memory the kernel's histograms need (it traps if given less).

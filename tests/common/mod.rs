@@ -6,10 +6,13 @@
 //! are synthesised with a seeded RNG: proptest shrinks the spec (smaller V, fewer rows, simpler
 //! kind) instead of a 262144-element vector, and generation stays cheap.
 //!
-//! Range: |z| ≤ ~60 and T ∈ [0.3, 3], so |x| = |z/T| ≤ ~200. That covers real LM logits (O(10))
+//! Range of [`logits_spec`]: |z| ≤ ~60 and T ∈ [0.3, 3], so |x| = |z/T| ≤ ~200. That covers real LM logits (O(10))
 //! with margin, while f32 evaluation stays meaningful: the rounding of x − m is ≤ 3·2⁻²⁴·|x − m|
 //! ≈ 4e−5 absolute at worst, and tolerances grow with |x − m| (see the tests). Much larger |z/T|
-//! would only test f32 resolution, not the kernels.
+//! would only test f32 resolution, not the kernels — except for the top-p count, whose algorithm
+//! must not depend on where the row sits: [`shifted_spec`] with [`low_temperature`] takes |z| to
+//! ~1000 and T to 0.1 for the shift-invariance properties, and [`review_row`] is the one row that
+//! showed it did.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
@@ -106,6 +109,44 @@ pub fn temperature() -> impl Strategy<Value = f32> {
 /// Top-p: none, the paper's 0.95, or any value in [0.05, 0.999].
 pub fn top_p() -> impl Strategy<Value = Option<f32>> {
     prop_oneof![1 => Just(None), 1 => Just(Some(0.95f32)), 2 => (0.05f32..0.999).prop_map(Some)]
+}
+
+/// Shifts c of the shift-invariance properties: small ones and |c| up to 1000, where |z/T| runs to
+/// ~10^4 at the smallest temperatures (a top-p count must not depend on where the row sits).
+pub fn shift() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        1 => -20.0f32..20.0,
+        3 => -1000.0f32..1000.0,
+        1 => prop_oneof![Just(-1000.0f32), Just(-250.0), Just(64.0), Just(128.0), Just(500.0), Just(1000.0)],
+    ]
+}
+
+/// Temperatures down to 0.1, for the shift-invariance properties.
+pub fn low_temperature() -> impl Strategy<Value = f32> {
+    prop_oneof![1 => Just(0.1f32), 1 => Just(0.5), 3 => 0.1f32..3.0]
+}
+
+/// Top-p always on: the paper's 0.95 or any value in [0.05, 0.999].
+pub fn top_p_on() -> impl Strategy<Value = f32> {
+    prop_oneof![1 => Just(0.95f32), 2 => 0.05f32..0.999]
+}
+
+/// A batch of [`logits_spec`] shifted by c ([`shift`]) instead of its small offset.
+pub fn shifted_spec() -> impl Strategy<Value = LogitsSpec> {
+    (logits_spec(), shift()).prop_map(|(s, offset)| LogitsSpec { offset, ..s })
+}
+
+/// The row of the top-p review (issue 12): `vocab` logits from N(58, 1) with five of them at 64.
+/// At T = 0.5 the coarse bucket of the max spans [64, 80) while every logit sits below 64, the
+/// case where a mass measured from the bucket's upper edge lost every bit (k = 2312 instead of
+/// ≈ 39360 at V = 151936).
+pub fn review_row(vocab: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut row: Vec<f32> = (0..vocab).map(|_| 58.0 + normal(&mut rng)).collect();
+    for _ in 0..5 {
+        row[rng.random_range(0..vocab)] = 64.0;
+    }
+    row
 }
 
 /// A standard normal sample (Box–Muller; `rand_distr` is not a dependency).
