@@ -56,6 +56,11 @@ __device__ __forceinline__ float from_key32(uint32_t k) {
 __device__ __forceinline__ uint32_t key16(uint32_t b) { return b ^ ((b & 0x8000u) ? 0xffffu : 0x8000u); }
 __device__ __forceinline__ uint32_t bits_from_key16(uint32_t k) { return (k & 0x8000u) ? (k ^ 0x8000u) : (~k & 0xffffu); }
 
+// A load through the read-only (non-coherent) data path when `nc`, else through L2
+// (ld.global.cg). The read-only path is only for memory the kernel never writes: a kernel that
+// writes its input in place must read it coherently (the read-only cache may keep the old data).
+template <typename T> __device__ __forceinline__ T load(const T* p, bool nc) { return nc ? __ldg(p) : __ldcg(p); }
+
 // Element traits. VEC elements fill one 16-byte load; KEY_BITS is the width of the radix key;
 // NEG_INF_BITS pads partial vectors (-inf has probability 0 and is skipped by every histogram).
 template <typename E> struct Elem;
@@ -67,7 +72,7 @@ template <> struct Elem<float> {
     __device__ static float value_of_bits(uint32_t b) { return __uint_as_float(b); }
     __device__ static uint32_t key_of_bits(uint32_t b) { return key32(__uint_as_float(b)); }
     __device__ static float value_of_key(uint32_t k) { return from_key32(k); }
-    __device__ static uint32_t scalar_bits(const float* p) { return __float_as_uint(__ldg(p)); }
+    __device__ static uint32_t scalar_bits(const float* p, bool nc) { return __float_as_uint(load(p, nc)); }
     __device__ static uint32_t bits_of_value(float v) { return __float_as_uint(v); }
 };
 
@@ -79,8 +84,8 @@ template <> struct Elem<__nv_bfloat16> {
     __device__ static float value_of_bits(uint32_t b) { return __uint_as_float(b << 16); }
     __device__ static uint32_t key_of_bits(uint32_t b) { return key16(b); }
     __device__ static float value_of_key(uint32_t k) { return value_of_bits(bits_from_key16(k)); }
-    __device__ static uint32_t scalar_bits(const __nv_bfloat16* p) {
-        return __ldg(reinterpret_cast<const unsigned short*>(p));
+    __device__ static uint32_t scalar_bits(const __nv_bfloat16* p, bool nc) {
+        return load(reinterpret_cast<const unsigned short*>(p), nc);
     }
     // Round to nearest even (the write of a gradient in the logits' dtype).
     __device__ static uint32_t bits_of_value(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
@@ -93,7 +98,9 @@ template <> struct Elem<__half> {
     __device__ static float value_of_bits(uint32_t b) { return __half2float(__ushort_as_half((unsigned short)b)); }
     __device__ static uint32_t key_of_bits(uint32_t b) { return key16(b); }
     __device__ static float value_of_key(uint32_t k) { return value_of_bits(bits_from_key16(k)); }
-    __device__ static uint32_t scalar_bits(const __half* p) { return __ldg(reinterpret_cast<const unsigned short*>(p)); }
+    __device__ static uint32_t scalar_bits(const __half* p, bool nc) {
+        return load(reinterpret_cast<const unsigned short*>(p), nc);
+    }
     __device__ static uint32_t bits_of_value(float v) { return __half_as_ushort(__float2half_rn(v)); }
 };
 
@@ -135,13 +142,16 @@ template <typename E> __device__ __forceinline__ uint4 neg_inf_vec() {
 
 // How one row of V elements splits into 16-byte vectors: `head` elements before the first
 // 16-byte boundary, `nvec` aligned vectors, then the rest. Rows of any V and any start address
-// (row offsets are 64-bit: row * V can exceed 2^32 elements).
+// (row offsets are 64-bit: row * V can exceed 2^32 elements). `read_only`: the kernel never writes
+// these rows, so they may be read through the non-coherent path (see `load`).
 template <typename E> struct RowSplit {
     const E* row;
     const uint4* vecs;
     uint32_t head, nvec, tail_start, vocab;
+    bool nc;
 
-    __device__ RowSplit(const E* logits, uint64_t row_index, uint32_t V) : vocab(V) {
+    __device__ RowSplit(const E* logits, uint64_t row_index, uint32_t V, bool read_only = true)
+        : vocab(V), nc(read_only) {
         row = logits + row_index * (uint64_t)V;
         const uint32_t mis = (uint32_t)((uintptr_t)row & 15u);
         head = mis == 0 ? 0u : min(V, (16u - mis) / (uint32_t)sizeof(E));
@@ -154,10 +164,14 @@ template <typename E> struct RowSplit {
     // elements to [head, head + tail); everyone else gets -inf padding.
     __device__ uint4 partial(uint32_t tid) const {
         const uint32_t tail = vocab - tail_start;
-        if (tid < head) return padded_vec<E>(Elem<E>::scalar_bits(row + tid));
-        if (tid < head + tail) return padded_vec<E>(Elem<E>::scalar_bits(row + tail_start + (tid - head)));
+        if (tid < head) return padded_vec<E>(bits_at(tid));
+        if (tid < head + tail) return padded_vec<E>(bits_at(tail_start + (tid - head)));
         return neg_inf_vec<E>();
     }
+
+    // Raw bits of element i (< V) of the row; aligned vector j (< nvec).
+    __device__ uint32_t bits_at(uint32_t i) const { return Elem<E>::scalar_bits(row + i, nc); }
+    __device__ uint4 vec(uint32_t j) const { return load(vecs + j, nc); }
 };
 
 // Visits every element of a row as 16-byte vectors: f(const uint4&) is called the same number of
@@ -176,7 +190,7 @@ __device__ __forceinline__ void for_each_vec(const RowSplit<E>& rs, bool reverse
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const uint32_t j = base + (uint32_t)u * bd + tid;
-            r[u] = j < rs.nvec ? __ldg(rs.vecs + j) : neg_inf_vec<E>();
+            r[u] = j < rs.nvec ? rs.vec(j) : neg_inf_vec<E>();
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) f(r[reverse ? U - 1 - u : u]);

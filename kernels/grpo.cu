@@ -8,9 +8,10 @@
 // - backward: read V·b, write V·b (dlogits in the logits' dtype, new buffer or in place). Rows with
 //   g = h = 0 (masked, or clipped without KL and entropy bonus) write zeros without reading.
 // - fused forward+backward: the forward's pass, then at once the backward's pass over the same
-//   row, which the CTA has just read: it runs in reverse order (or forward after the f32 top-p
-//   re-read, which itself ran in reverse) so that it starts with the part most likely still in L2,
-//   and reads with evict-first loads. HBM traffic is then near 1 read + 1 write per element; the
+//   row, which the CTA has just read: it runs in reverse order (or forward after a top-p re-read,
+//   which itself ran in reverse) so that it starts with the part most likely still in L2, and
+//   reads with evict-first loads. In place, the first pass reads coherently (not through the
+//   read-only cache: the kernel writes these rows). HBM traffic is then near 1 read + 1 write per element; the
 //   scalar loss is needed only by the caller, so nothing waits for it.
 //
 // Top-p placement. The exact count usually costs no traffic at all: bf16/f16 rows keep per-key
@@ -140,7 +141,7 @@ __device__ BackCoef token_outputs(uint64_t row, const RowStats& r, const RowSpli
     if (y >= vocab) {
         report(io.status, STATUS_TARGET, row);  // never read: the row gets NaN terms
     } else if (!r.flag) {
-        logp = row_logp(r, Elem<E>::value_of_bits(Elem<E>::scalar_bits(rs.row + y)), inv_t);
+        logp = row_logp(r, Elem<E>::value_of_bits(rs.bits_at(y)), inv_t);
     }
     const float lse = r.flag ? nan : row_lse(r, inv_t), entropy = r.flag ? nan : row_entropy(r);
     const float m = io.mask[row], old = io.old_logp[row], adv = io.adv[row];
@@ -254,12 +255,12 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
     if constexpr (TOPP) h = init_hist(dyn);
     const BatchTotals tot = *totals;
     const float grad = BWD ? grad_value * (grad_ptr != nullptr ? *grad_ptr : 1.f) : 0.f;
-    // In place (fused only): the rows are read from dlogits before they are overwritten. Their
-    // first pass uses the read-only cache, which is sound here because no thread reads an
-    // element after any thread has written it (each row is read fully, then written once).
-    const E* src = logits != nullptr ? logits : dlogits;
+    // In place (fused only): the rows are read from dlogits, which this kernel writes, so they
+    // are read coherently (RowSplit's read_only = false), never through the read-only cache.
+    const bool in_place = logits == nullptr;
+    const E* src = in_place ? dlogits : logits;
     for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
-        const RowSplit<E> rs(src, row, vocab);
+        const RowSplit<E> rs(src, row, vocab, !in_place);
         const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
             if (threadIdx.x == 0) coef = token_outputs<E>(row, r, rs, vocab, io, agg, tot, lp, pp.inv_t, grad);
         });
@@ -308,10 +309,12 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
                              const float* lse, const float* entropy, const float* grad_logp,                         \
                              const float* grad_entropy, float inv_t, float grad_value, const float* grad_ptr) {      \
         const float grad = grad_value * (grad_ptr != nullptr ? *grad_ptr : 1.f);                                     \
-        const E* src = logits != nullptr ? logits : dlogits; /* null: in place */                                     \
+        const bool in_place = logits == nullptr; /* then read coherently: the rows are written */                       \
+        const E* src = in_place ? dlogits : logits;                                                                   \
         for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {                                             \
             const BackCoef k = back_coef(lse[row], entropy[row], grad_logp[row], grad_entropy[row], inv_t, grad);    \
-            backward_row(RowSplit<E>(src, row, vocab), dlogits + row * (uint64_t)vocab, targets[row], k, false);     \
+            backward_row(RowSplit<E>(src, row, vocab, !in_place), dlogits + row * (uint64_t)vocab, targets[row], k,  \
+                         false);                                                                                      \
         }                                                                                                             \
     }
 

@@ -51,7 +51,7 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
                 if (y >= vocab) {
                     f |= ROW_BAD_TARGET;
                 } else if (!r.flag) {
-                    lp = row_logp(r, Elem<E>::value_of_bits(Elem<E>::scalar_bits(rs.row + y)), inv_t);
+                    lp = row_logp(r, Elem<E>::value_of_bits(rs.bits_at(y)), inv_t);
                 }
                 logp[row] = lp;
             }
