@@ -1,16 +1,22 @@
-//! With the `cuda` feature: compile every `kernels/*.cu` to PTX with nvcc into `OUT_DIR`
-//! (embedded by `src/cuda/` with `include_str!`). Without it: nothing, so the default build needs
-//! no CUDA anything.
+//! With the `cuda` feature: compile every `kernels/*.cu` with nvcc into one fatbin per file in
+//! `OUT_DIR` (embedded by `src/cuda/context.rs` with `include_bytes!`). Without it: nothing, so
+//! the default build needs no CUDA anything.
 //!
-//! Target: `sm_$CUDA_COMPUTE_CAP` (default 90, the H100). PTX rather than a cubin so that one
-//! build also loads on newer GPUs (the driver JIT-compiles it once per process).
+//! Each fatbin holds SASS for `sm_$CUDA_COMPUTE_CAP` (default 90: H100, H200) and for the newer
+//! datacenter architectures in [`ALSO_SASS`] that this nvcc knows (sm_100: B200), plus the PTX of
+//! `compute_$CUDA_COMPUTE_CAP` as the fallback the driver JIT-compiles on any other newer GPU. The
+//! driver picks the SASS of the GPU's own architecture when there is one, so a process loads its
+//! modules in ~0.1 ms instead of JIT-compiling ~4 MB of PTX for seconds (shared/CUDA.md).
+//! `CUDA_COMPUTE_CAP` thus sets the oldest GPU the build runs on (its SASS, and the PTX's target).
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 const KERNEL_DIR: &str = "kernels";
-const DEFAULT_COMPUTE_CAP: &str = "90";
+const DEFAULT_COMPUTE_CAP: u32 = 90;
+/// SASS also shipped when newer than `CUDA_COMPUTE_CAP` (and listed by `nvcc --list-gpu-code`).
+const ALSO_SASS: &[u32] = &[100];
 /// The newest PTX ISA the GPU host's driver (580, CUDA 13.0) loads; newer nvcc emits newer PTX.
 const MAX_PTX_VERSION: (u32, u32) = (9, 0);
 
@@ -28,30 +34,73 @@ fn main() {
         println!("cargo:rerun-if-changed={}", f.display());
     }
     let nvcc = find_nvcc();
-    let arch = format!("sm_{}", compute_cap());
+    let cap = compute_cap();
+    let gencode = gencode_args(&nvcc, cap);
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    // nvcc is slow on small machines: compile all kernels at once.
+    // nvcc is slow on small machines (and per SASS architecture): compile all kernels at once.
     let jobs: Vec<(PathBuf, PathBuf, Child)> = sources
         .iter()
         .map(|src| {
             let stem = src.file_stem().expect("a .cu file has a stem").to_string_lossy().into_owned();
-            let ptx = out_dir.join(format!("{stem}.ptx"));
+            // --keep leaves the compute_$cap PTX that went into the fatbin, for the version check.
+            let keep = out_dir.join(format!("nvcc-{stem}"));
+            std::fs::create_dir_all(&keep).unwrap_or_else(|e| panic!("cannot create {}: {e}", keep.display()));
             let child = Command::new(&nvcc)
-                .args(["--ptx", "-O3", "-std=c++17", "-lineinfo", &format!("-arch={arch}"), "-I", KERNEL_DIR, "-o"])
-                .arg(&ptx)
+                .args(["--fatbin", "-O3", "-std=c++17", "-lineinfo"])
+                .args(&gencode)
+                .args(["-I", KERNEL_DIR, "--keep", "--keep-dir"])
+                .arg(&keep)
+                .arg("-o")
+                .arg(out_dir.join(format!("{stem}.fatbin")))
                 .arg(src)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}{}", nvcc.display(), install_hint()));
-            (src.clone(), ptx, child)
+            (src.clone(), keep, child)
         })
         .collect();
-    for (src, ptx, child) in jobs {
+    for (src, keep, child) in jobs {
         let out = child.wait_with_output().expect("waiting for nvcc");
         if !out.status.success() {
             panic!("nvcc failed on {} ({}): see the messages above", src.display(), out.status);
         }
-        check_ptx_version(&ptx);
+        check_kept_ptx(&src, &keep, cap);
+        // The intermediate files (~10 MB per kernel file) are not kept.
+        let _ = std::fs::remove_dir_all(&keep);
     }
+}
+
+/// Checks the `.version` of the PTX that went into `src`'s fatbin (compute_`cap`), which nvcc
+/// left in `keep`: `<stem>.compute_<cap>.ptx` when there are several virtual architectures, else
+/// `<stem>.ptx`.
+fn check_kept_ptx(src: &Path, keep: &Path, cap: u32) {
+    let stem = src.file_stem().expect("a .cu file has a stem").to_string_lossy();
+    let kept = [keep.join(format!("{stem}.compute_{cap}.ptx")), keep.join(format!("{stem}.ptx"))];
+    match kept.iter().find(|p| p.is_file()) {
+        Some(ptx) => check_ptx_version(src, ptx),
+        None => println!("cargo:warning={}: nvcc --keep left no compute_{cap} PTX: .version unchecked", src.display()),
+    }
+}
+
+/// `-gencode` options: SASS for `cap` and the newer [`ALSO_SASS`] this nvcc supports, PTX for `cap`.
+fn gencode_args(nvcc: &Path, cap: u32) -> Vec<String> {
+    let known = Command::new(nvcc)
+        .arg("--list-gpu-code")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|| panic!("cannot run {} --list-gpu-code{}", nvcc.display(), install_hint()));
+    let mut sass = vec![cap];
+    for &a in ALSO_SASS.iter().filter(|&&a| a > cap) {
+        if known.split_whitespace().any(|c| c == format!("sm_{a}")) {
+            sass.push(a);
+        } else {
+            println!("cargo:warning=nvcc does not know sm_{a}: no SASS for it (the PTX fallback JIT-compiles there)");
+        }
+    }
+    let mut args: Vec<String> = sass.iter().map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
+    args.push(format!("-gencode=arch=compute_{cap},code=compute_{cap}"));
+    args
 }
 
 /// `kernels/*.cu` (compiled) and `kernels/*.cuh` (watched), sorted for a stable build.
@@ -96,19 +145,19 @@ fn install_hint() -> &'static str {
      or point CUDA_HOME / NVCC at a CUDA 13.0 toolkit; or build without `--features cuda`."
 }
 
-/// `CUDA_COMPUTE_CAP` as digits ("90", "9.0" and "sm_90" all mean sm_90).
-fn compute_cap() -> String {
-    let raw = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| DEFAULT_COMPUTE_CAP.to_string());
+/// `CUDA_COMPUTE_CAP` as a number ("90", "9.0" and "sm_90" all mean 90).
+fn compute_cap() -> u32 {
+    let Ok(raw) = env::var("CUDA_COMPUTE_CAP") else { return DEFAULT_COMPUTE_CAP };
     let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 2 {
-        panic!("CUDA_COMPUTE_CAP = {raw:?}: expected a compute capability such as 90");
+    match digits.parse() {
+        Ok(cap) if digits.len() >= 2 => cap,
+        _ => panic!("CUDA_COMPUTE_CAP = {raw:?}: expected a compute capability such as 90"),
     }
-    digits
 }
 
 /// Warns when nvcc emitted a PTX ISA newer than the GPU host's driver accepts (CUDA.md: PTX
 /// from nvcc >= 13.1 does not load on driver 580).
-fn check_ptx_version(ptx: &Path) {
+fn check_ptx_version(src: &Path, ptx: &Path) {
     let text = std::fs::read_to_string(ptx).unwrap_or_default();
     let version = text.lines().find_map(|l| l.trim().strip_prefix(".version ")).and_then(|v| {
         let (a, b) = v.trim().split_once('.')?;
@@ -116,15 +165,15 @@ fn check_ptx_version(ptx: &Path) {
     });
     match version {
         Some(v) if v > MAX_PTX_VERSION => println!(
-            "cargo:warning={}: PTX .version {}.{} is newer than {}.{}: it will not load on a CUDA 13.0 \
+            "cargo:warning={}: its PTX has .version {}.{}, newer than {}.{}: it will not load on a CUDA 13.0 \
              driver (use nvcc 13.0, see scripts/cuda-toolchain.sh)",
-            ptx.display(),
+            src.display(),
             v.0,
             v.1,
             MAX_PTX_VERSION.0,
             MAX_PTX_VERSION.1
         ),
         Some(_) => {}
-        None => println!("cargo:warning={}: no .version line in the PTX", ptx.display()),
+        None => println!("cargo:warning={}: no .version line in its PTX", src.display()),
     }
 }

@@ -243,6 +243,30 @@ fn keys_far_above_the_max_at_small_temperature() {
     }
 }
 
+/// A kernel first used on a thread that never bound the CUDA context (its module loaded on
+/// another thread): loading it sets its shared-memory attribute and asks its occupancy, driver
+/// calls that act in the calling thread's current context. A fresh context handle (empty kernel
+/// cache) and a scoped thread make sure this test is that first use.
+#[test]
+fn kernel_first_used_on_another_thread() {
+    let Some(_) = gpu_or_skip("kernel_first_used_on_another_thread") else { return };
+    let stream = cuda::open_stream(0).unwrap();
+    let (rows, vocab) = (4, 300);
+    let s = spec(RowKind::Zipf, rows, vocab, 3);
+    let (logits, z) = round_to::<f32>(&s.generate());
+    let d = stream.clone_htod(&logits).unwrap();
+    let plain = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true };
+    cuda::token_stats(&stream, &d.as_view(), vocab, None, &plain).unwrap();
+    let cfg = TokenStatsConfig { top_p: Some(0.9), ..plain };
+    let mut out = TokenStatsBuffers::new(&stream, rows, false, true).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| cuda::token_stats_into(&stream, &d.as_view(), vocab, None, &cfg, &mut out)).join()
+    })
+    .expect("the thread ran")
+    .expect("the top-p kernel loads and launches on a thread without a bound context");
+    compare::<f32>(&z, vocab, None, &cfg, &out.to_host(&stream).unwrap(), 0..rows).unwrap();
+}
+
 #[test]
 fn skip_message_or_device() {
     gpu_env::say_device();

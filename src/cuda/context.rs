@@ -11,19 +11,19 @@ use super::cudarc::nvrtc::Ptx;
 use crate::element::DType;
 use crate::error::{Error, Result};
 
-/// PTX of `kernels/token_stats.cu`, compiled by `build.rs`.
-const TOKEN_STATS_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/token_stats.ptx"));
-/// PTX of `kernels/plain_read.cu`.
-const PLAIN_READ_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/plain_read.ptx"));
-/// PTX of `kernels/grpo.cu`.
-const GRPO_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/grpo.ptx"));
-/// PTX of `kernels/sequence.cu`.
-const SEQUENCE_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sequence.ptx"));
+/// Fatbin of `kernels/token_stats.cu` (SASS for sm_90 and newer, PTX fallback), from `build.rs`.
+const TOKEN_STATS_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/token_stats.fatbin"));
+/// Fatbin of `kernels/plain_read.cu`.
+const PLAIN_READ_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/plain_read.fatbin"));
+/// Fatbin of `kernels/grpo.cu`.
+const GRPO_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/grpo.fatbin"));
+/// Fatbin of `kernels/sequence.cu`.
+const SEQUENCE_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sequence.fatbin"));
 
 /// Threads per CTA of every row kernel (one CTA per row; the kernels assume it).
 pub(crate) const BLOCK: u32 = 1024;
 
-/// Which PTX module a kernel lives in.
+/// Which module (kernel file) a kernel lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
     TokenStats,
@@ -33,12 +33,14 @@ pub(crate) enum Module {
 }
 
 impl Module {
-    fn ptx(self) -> &'static str {
+    /// The fatbin image: the driver loads the SASS of the device's architecture when the image
+    /// has it (no JIT), else JIT-compiles the PTX.
+    fn image(self) -> &'static [u8] {
         match self {
-            Module::TokenStats => TOKEN_STATS_PTX,
-            Module::PlainRead => PLAIN_READ_PTX,
-            Module::Grpo => GRPO_PTX,
-            Module::Sequence => SEQUENCE_PTX,
+            Module::TokenStats => TOKEN_STATS_IMAGE,
+            Module::PlainRead => PLAIN_READ_IMAGE,
+            Module::Grpo => GRPO_IMAGE,
+            Module::Sequence => SEQUENCE_IMAGE,
         }
     }
 }
@@ -125,11 +127,16 @@ fn load(ctx: &Arc<CudaContext>, modules: &mut HashMap<Module, Arc<CudaModule>>, 
     let module = match modules.get(&k.module) {
         Some(m) => m.clone(),
         None => {
-            let m = ctx.load_module(Ptx::from_src(k.module.ptx())).map_err(cuda_err("load PTX module"))?;
+            // `from_binary` hands the bytes to cuModuleLoadData as they are (a fatbin, not text).
+            let image = Ptx::from_binary(k.module.image().to_vec());
+            let m = ctx.load_module(image).map_err(cuda_err("load kernel module"))?;
             modules.insert(k.module, m.clone());
             m
         }
     };
+    // cudarc makes the context current only in load_module and launches: the attribute and
+    // occupancy calls below would otherwise act on whatever context this thread has (or none).
+    ctx.bind_to_thread().map_err(cuda_err("bind CUDA context"))?;
     let func = module.load_function(k.name).map_err(cuda_err("load kernel function"))?;
     if k.shared_bytes > 48 * 1024 {
         // Above 48 KiB a kernel must opt in to its dynamic shared memory.

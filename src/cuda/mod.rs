@@ -1,5 +1,6 @@
-//! Hand-written CUDA kernels (`kernels/*.cu`, compiled to PTX by `build.rs`) behind safe
-//! functions over cudarc device memory (feature `cuda`).
+//! Hand-written CUDA kernels (`kernels/*.cu`, compiled by `build.rs` to one fatbin per file: SASS
+//! for sm_90 and sm_100, PTX as the fallback) behind safe functions over cudarc device memory
+//! (feature `cuda`).
 //!
 //! Every function takes the caller's `&Arc<CudaStream>` and launches there, so with candle pass
 //! `candle_core::CudaDevice::cuda_stream()` and the kernels run in order with candle's work.
