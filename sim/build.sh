@@ -23,7 +23,7 @@ stub_list=$toolchain/stubs-src/libcuda.c
 [[ -f $stub_list ]] || { echo "kernel-sim: $stub_list missing (run scripts/cuda-toolchain.sh)" >&2; exit 1; }
 
 cxx=${CXX:-g++}
-common=(-std=c++17 -fPIC -g -ffp-contract=off -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter
+common=(-std=c++17 -fPIC -g -ffp-contract=off -fno-math-errno -fno-strict-aliasing -Wall -Wextra -Wno-unused-parameter
     -I "$repo/sim" -I "$CUDA_HOME/include")
 # Kernel code: the .cu files as C++, with the CUDA subset force-included. initial-exec TLS: the
 # kernels' __shared__ variables and the runtime's current-thread pointer are read constantly.

@@ -23,7 +23,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -91,7 +93,9 @@ struct NcPages {
     const Alloc* cached[8] = {};  // the allocations this launch touched last (a kernel reads a few)
     unsigned next = 0;
 };
-thread_local NcPages nc __attribute__((tls_model("initial-exec")));
+// A pointer, not an object: a thread_local with a constructor is reached through an init guard
+// and __tls_get_addr on every access, which the check of every load cannot afford.
+thread_local NcPages* nc_pages __attribute__((tls_model("initial-exec"))) = nullptr;
 
 double now_ms() {
     using namespace std::chrono;
@@ -137,16 +141,33 @@ void write_report() {
 
 CUresult need_context() { return current == nullptr ? CUDA_ERROR_INVALID_CONTEXT : CUDA_SUCCESS; }
 
-// The PTX entry names of a module image (when it is PTX text), to check that the simulator has
-// every kernel the module would have.
+// The PTX entry names of a module image, to check that the simulator has every kernel the module
+// would have: PTX text, or a fatbin (magic 0xba55ed50, then its size) whose PTX is searched.
 std::vector<std::string> ptx_entries(const char* image) {
     std::vector<std::string> out;
-    if (image == nullptr || std::strstr(image, ".version") == nullptr) return out;
-    for (const char* p = std::strstr(image, ".entry "); p; p = std::strstr(p + 1, ".entry ")) {
-        const char* s = p + 7;
+    if (image == nullptr) return out;
+    size_t len;
+    uint32_t magic;
+    std::memcpy(&magic, image, 4);
+    if (magic == 0xba55ed50u) {
+        uint64_t body;
+        std::memcpy(&body, image + 8, 8);
+        len = 16 + (size_t)body;
+    } else if (std::strstr(image, ".version") != nullptr) {
+        len = std::strlen(image);
+    } else {
+        return out;  // an image the simulator cannot read: no check
+    }
+    const char* end = image + len;
+    static const char key[] = ".entry ";
+    for (const char* p = image; p < end;) {
+        p = static_cast<const char*>(memmem(p, (size_t)(end - p), key, sizeof key - 1));
+        if (p == nullptr) break;
+        const char* s = p + sizeof key - 1;
         const char* e = s;
-        while (*e && *e != '(' && *e != ' ' && *e != '\n') ++e;
-        out.emplace_back(s, e);
+        while (e < end && (std::isalnum((unsigned char)*e) || *e == '_')) ++e;
+        if (e > s) out.emplace_back(s, e);
+        p = e;
     }
     return out;
 }
@@ -166,7 +187,10 @@ const Alloc* rlvr_sim::find_alloc(uintptr_t p) {
 void rlvr_sim::check_global(const void* ptr, size_t bytes, size_t align, bool nc_read, bool write, const char* file,
                             int line) {
     const uintptr_t p = (uintptr_t)ptr;
+    if (write && !nc_read && in_shared(p, bytes)) return;  // a shared-memory atomic: the common case
     const LaunchSpec* spec = running_launch();
+    if (nc_pages == nullptr) nc_pages = new NcPages();
+    NcPages& nc = *nc_pages;
     const uint64_t id = spec ? spec->id : ~0ull;
     if (nc.launch != id) {  // a new launch on this OS thread: forget the last one's reads
         nc.pages.clear();
@@ -199,27 +223,36 @@ void rlvr_sim::check_global(const void* ptr, size_t bytes, size_t align, bool nc
         fatal("kernel %s: misaligned %zu-byte %s at %p (%s:%d)", spec ? spec->kernel->name : "?", bytes,
               write ? "write" : "read", ptr, file, line);
     if (!nc_read && !write) return;
-    // Two bytes per bit, 4 KiB pages.
-    for (uintptr_t q = p & ~(uintptr_t)1; q < p + bytes; q += 2) {
+    // Two bytes per bit, 4 KiB pages: the access's bits, one page at a time.
+    for (uintptr_t q = p & ~(uintptr_t)1; q < p + bytes;) {
         const uint64_t page = q >> 12;
-        const unsigned bit = (unsigned)((q & 4095) >> 1);
+        const uintptr_t end = std::min<uintptr_t>(p + bytes, (page + 1) << 12);
         std::vector<uint64_t>* bits = nc.last;
         if (page != nc.last_page) {
             auto it = nc.pages.find(page);
             if (it == nc.pages.end()) {
-                if (!nc_read) continue;
+                if (!nc_read) {
+                    q = end;
+                    continue;
+                }
                 it = nc.pages.emplace(page, std::vector<uint64_t>(32, 0)).first;
             }
             bits = &it->second;
             nc.last_page = page;
             nc.last = bits;
         }
-        if (nc_read) {
-            (*bits)[bit >> 6] |= 1ull << (bit & 63);
-        } else if (write && ((*bits)[bit >> 6] >> (bit & 63) & 1)) {
-            fatal("kernel %s: writes %p (%s:%d), which the same launch read through the non-coherent path "
-                  "(__ldg): the read-only cache may hold the old value",
-                  spec ? spec->kernel->name : "?", (void*)q, file, line);
+        for (; q < end;) {
+            const unsigned bit = (unsigned)((q & 4095) >> 1), word = bit >> 6;
+            const unsigned n = (unsigned)std::min<uintptr_t>((end - q + 1) >> 1, 64 - (bit & 63));
+            const uint64_t m = (n == 64 ? ~0ull : ((1ull << n) - 1)) << (bit & 63);
+            if (nc_read) {
+                (*bits)[word] |= m;
+            } else if ((*bits)[word] & m) {
+                fatal("kernel %s: writes %p (%s:%d), which the same launch read through the non-coherent path "
+                      "(__ldg): the read-only cache may hold the old value",
+                      spec ? spec->kernel->name : "?", (void*)q, file, line);
+            }
+            q += 2ull * n;
         }
     }
 }
@@ -464,7 +497,20 @@ CUresult cuMemcpyDtoD(CUdeviceptr dst, CUdeviceptr src, size_t n) {
 CUresult cuMemcpyDtoDAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream) { return cuMemcpyDtoD(dst, src, n); }
 CUresult cuMemsetD8(CUdeviceptr dst, unsigned char v, size_t n) {
     if (CUresult r = device_range(dst, n)) return r;
-    std::memset((void*)(uintptr_t)dst, v, n);
+    char* p = reinterpret_cast<char*>((uintptr_t)dst);
+    const Alloc* a = find_alloc((uintptr_t)dst);
+    if (v == 0 && a->mapped) {
+        // Zeroing whole pages of a private anonymous mapping: give them back (they read as zero
+        // and cost no memory until written), so an 8 GiB alloc_zeros costs nothing.
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        const uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + n) & ~(page - 1);
+        if (lo < hi && madvise((void*)lo, hi - lo, MADV_DONTNEED) == 0) {
+            std::memset(p, 0, lo - (uintptr_t)p);
+            std::memset((void*)hi, 0, (uintptr_t)p + n - hi);
+            return CUDA_SUCCESS;
+        }
+    }
+    std::memset(p, v, n);
     return CUDA_SUCCESS;
 }
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, CUstream) { return cuMemsetD8(dst, v, n); }
