@@ -264,6 +264,21 @@ __device__ inline void gather_f32(const RowSplit<float>& rs, uint32_t b1, const 
     });
 }
 
+// The crossing of the level histogram in `h` (NB buckets). `settled`: the count is known without a
+// finer level (no crossing: every kept token; or a crossing bucket of one token), and is `count`.
+struct Level {
+    Crossing c;
+    bool settled;
+    uint32_t count;
+};
+__device__ inline Level level_crossing(unsigned long long target, const Hist& h, Shared& sh) {
+    const Crossing c = block_crossing(
+        NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
+    if (c.idx < 0) return Level{c, true, c.total_count};
+    if (h.cnt[c.idx] == 1) return Level{c, true, c.count_above + 1};
+    return Level{c, false, 0u};
+}
+
 // Branch count of a 16-bit row after pass 1 (coarse candidate counts + a u16 count per key).
 // Leaves the histograms zeroed.
 template <typename E>
@@ -291,35 +306,30 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
     }
     uint32_t result;
     if (block_or((uint32_t)heavy, sh.red.u) == 0) {
-        const Crossing c1 = block_crossing(
-            NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
-        if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
-            result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
-        } else {
-            const uint32_t b1 = (uint32_t)c1.idx;
-            auto kept = [&](int j) {
-                const uint32_t k = (b1 << 5) | (uint32_t)j;
-                return Elem<E>::value_of_key(k) >= r.thr ? fine16(k) : 0u;
-            };
-            result = c1.count_above + exact_level<E>(32, b1 << 5, target - c1.mass_above, r, kept, sh);
-        }
+        const Level l1 = level_crossing(target, h, sh);
+        const uint32_t b1 = (uint32_t)l1.c.idx;
+        auto kept = [&](int j) {
+            const uint32_t k = (b1 << 5) | (uint32_t)j;
+            return Elem<E>::value_of_key(k) >= r.thr ? fine16(k) : 0u;
+        };
+        result = l1.settled ? l1.count
+                            : l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r, kept, sh);
     } else {
         // A counter may have wrapped: count the row again, level by level, with u32 counters.
         if (threadIdx.x == 0) sh.reread = 1;
         clear_level(h);
         level_pass_row<E, false>(rs, 0u, 0u, 16 - COARSE_BITS, NB - 1, r, h);
         __syncthreads();
-        const Crossing c1 = block_crossing(
-            NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
-        if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
-            result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
+        const Level l1 = level_crossing(target, h, sh);
+        if (l1.settled) {
+            result = l1.count;
         } else {
-            const uint32_t b1 = (uint32_t)c1.idx;
+            const uint32_t b1 = (uint32_t)l1.c.idx;
             clear_level(h);
             level_pass_row<E, true>(rs, 0xffe0u, b1 << 5, 0, 31, r, h);
             __syncthreads();
-            result = c1.count_above +
-                     exact_level<E>(32, b1 << 5, target - c1.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);
+            result = l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r,
+                                                       [&](int j) { return h.cnt[j]; }, sh);
         }
     }
     clear_level(h);
@@ -340,46 +350,41 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
         level_pass_row<float, false>(rs, 0u, 0u, 21, 0x7ff, r, h);
     }
     __syncthreads();
-    const Crossing c1 = block_crossing(
-        NB, target, [&](int b) { return h.mass[b]; }, [&](int b) { return h.cnt[b]; }, sh);
-    uint32_t result;
-    if (c1.idx < 0 || h.cnt[c1.idx] == 1) {
-        result = c1.idx < 0 ? c1.total_count : c1.count_above + 1;
-    } else {
-        const uint32_t b1 = (uint32_t)c1.idx;
+    const Level l1 = level_crossing(target, h, sh);
+    if (l1.settled) {
         clear_level(h);
-        if (!list) {  // gather the crossing bucket's kept keys: the list holds them if they fit
-            if (threadIdx.x == 0) sh.list_len = 0;
-            __syncthreads();
-            gather_f32(rs, b1, r, h, sh);
-            __syncthreads();
-            len = sh.list_len;
-            list = len <= LIST_CAP;
-        }
+        return l1.count;
+    }
+    const uint32_t b1 = (uint32_t)l1.c.idx;
+    clear_level(h);
+    if (!list) {  // gather the crossing bucket's kept keys: the list holds them if they fit
+        if (threadIdx.x == 0) sh.list_len = 0;
+        __syncthreads();
+        gather_f32(rs, b1, r, h, sh);
+        __syncthreads();
+        len = sh.list_len;
+        list = len <= LIST_CAP;
+    }
+    if (list) {
+        level_pass_list<false>(len, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+    } else {
+        level_pass_row<float, false>(rs, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+    }
+    __syncthreads();
+    const unsigned long long t2 = target - l1.c.mass_above;
+    const Level l2 = level_crossing(t2, h, sh);
+    uint32_t result = l1.c.count_above + l2.count;
+    if (!l2.settled) {
+        const uint32_t prefix = (b1 << 11) | (uint32_t)l2.c.idx;
+        clear_level(h);
         if (list) {
-            level_pass_list<false>(len, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+            level_pass_list<true>(len, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
         } else {
-            level_pass_row<float, false>(rs, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
+            level_pass_row<float, true>(rs, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
         }
         __syncthreads();
-        const unsigned long long t2 = target - c1.mass_above;
-        const Crossing c2 = block_crossing(
-            NB, t2, [&](int d) { return h.mass[d]; }, [&](int d) { return h.cnt[d]; }, sh);
-        if (c2.idx < 0 || h.cnt[c2.idx] == 1) {
-            result = c1.count_above + (c2.idx < 0 ? c2.total_count : c2.count_above + 1);
-        } else {
-            const uint32_t prefix = (b1 << 11) | (uint32_t)c2.idx;
-            clear_level(h);
-            if (list) {
-                level_pass_list<true>(len, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
-            } else {
-                level_pass_row<float, true>(rs, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
-            }
-            __syncthreads();
-            result = c1.count_above + c2.count_above +
-                     exact_level<float>(1024, prefix << 10, t2 - c2.mass_above, r, [&](int j) { return h.cnt[j]; },
-                                        sh);
-        }
+        result = l1.c.count_above + l2.c.count_above +
+                 exact_level<float>(1024, prefix << 10, t2 - l2.c.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);
     }
     clear_level(h);
     return result;
