@@ -16,22 +16,11 @@ bash scripts/cuda-toolchain.sh >/dev/null
 # shellcheck disable=SC1091
 source "${RLVR_CUDA_TOOLCHAIN:-$repo/.cuda-toolchain}/env.sh"
 
-# "name path" of the executables of target kind $1 (test, bench) that cargo built, from its JSON
-# messages (cargo also builds the `rlvr` binary for integration tests: not wanted here).
-executables() {
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and sys.argv[1] in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])' "$1"
-}
+# shellcheck source=scripts/cargo-bins.sh
+source scripts/cargo-bins.sh
 
 # The GPU tests are the test files that exist only with the feature: `#![cfg(feature = "cuda")]`.
-gpu_tests=$(grep -l '^#!\[cfg(feature = "cuda")\]' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
+gpu_tests=$(gpu_test_names)
 [[ -n $gpu_tests ]] || { echo "build-gpu-bundle: no test file has #![cfg(feature = \"cuda\")]" >&2; exit 1; }
 # gpu-check.sh runs `sanitizer_small_case` of each under compute-sanitizer: each must have it.
 for t in $gpu_tests; do

@@ -35,21 +35,13 @@ bash scripts/cuda-toolchain.sh >/dev/null
 # shellcheck disable=SC1091
 source "${RLVR_CUDA_TOOLCHAIN:-$repo/.cuda-toolchain}/env.sh"
 
-# The GPU test binaries: the test files that exist only with the feature (as build-gpu-bundle.sh).
-gpu_tests=$(grep -l '^#!\[cfg(feature = "cuda")\]' tests/*.rs | xargs -n1 basename | sed 's/\.rs$//')
-test_args=$(printf -- '--test %s ' $gpu_tests)
+# shellcheck source=scripts/cargo-bins.sh
+source scripts/cargo-bins.sh
+test_args=$(printf -- '--test %s ' $(gpu_test_names))
 say "building the cuda test binaries ($((SECONDS - start))s)"
 # shellcheck disable=SC2086
 bins=$(cargo test --release --features cuda $test_args --no-run --message-format=json 2>"$logs/cargo.log" |
-    python3 -c '
-import json, sys
-for line in sys.stdin:
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
-        print(m["target"]["name"], m["executable"])') || { tail -n 30 "$logs/cargo.log"; exit 1; }
+    executables test) || { tail -n 30 "$logs/cargo.log"; exit 1; }
 [[ -n $bins ]] || { tail -n 30 "$logs/cargo.log"; say "no test binary was built"; exit 1; }
 say "building the simulator ($((SECONDS - start))s)"
 bash sim/build.sh "$out" release asan

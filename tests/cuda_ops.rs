@@ -225,13 +225,7 @@ fn cuda_bad_rows_are_typed_errors() {
     let z = Tensor::from_vec(v, (3, 4), &gpu).unwrap();
     assert_eq!(ops::token_stats(&z, None, &cfg).unwrap_err(), Error::AllNegInfRow { row: 0 });
     assert_eq!(ops::naive::token_stats(&z, None, &cfg).unwrap_err(), Error::AllNegInfRow { row: 0 });
-    // The GRPO op's device status words give the same typed error.
-    let c = grpo_case(0, 4);
-    let mut bad = c.clone();
-    bad.logits[c.v + 1] = f32::NAN;
-    let t = bad.tensors(&gpu);
-    let err = ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg).unwrap_err();
-    assert_eq!(err, Error::NonFiniteLogits { row: 1 });
+    grpo_nan_row_is_an_error(&gpu);
 }
 
 /// Per-token inputs on another device than the logits: [`Error::DeviceMismatch`] naming the
@@ -293,12 +287,7 @@ fn sanitizer_small_case() {
     let z = Tensor::from_vec(nan, (3, 5), &gpu).unwrap();
     let cfg = rlvr_kernels::TokenStatsConfig { top_p: Some(0.9), ..Default::default() };
     assert_eq!(ops::token_stats(&z, None, &cfg).unwrap_err(), Error::NonFiniteLogits { row: 1 });
-    let c = grpo_case(0, 4);
-    let mut bad = c.clone();
-    bad.logits[c.v + 1] = f32::NAN;
-    let t = bad.tensors(&gpu);
-    let err = ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg).unwrap_err();
-    assert_eq!(err, Error::NonFiniteLogits { row: 1 });
+    grpo_nan_row_is_an_error(&gpu);
 }
 
 /// `c` (an f32 case) with its logits rounded to f16 (the matrix has no f16), and ℓ_old, ℓ_ref
@@ -319,4 +308,14 @@ fn as_f16(c: &GrpoCase) -> GrpoCase {
         h.ref_logp[r] += shift;
     }
     h
+}
+
+/// The GRPO op's device status words give the CPU's typed error for a NaN logit.
+fn grpo_nan_row_is_an_error(gpu: &Device) {
+    let c = grpo_case(0, 4);
+    let mut bad = c.clone();
+    bad.logits[c.v + 1] = f32::NAN;
+    let t = bad.tensors(gpu);
+    let err = ops::grpo_loss(t.logits.as_tensor(), &t.inputs(&c.cfg), &c.cfg).unwrap_err();
+    assert_eq!(err, Error::NonFiniteLogits { row: 1 });
 }
