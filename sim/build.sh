@@ -59,7 +59,7 @@ build_variant() {
         "$cxx" "${common[@]}" "${opt[@]}" "${kernel_flags[@]}" -c "$f" -o "$dir/obj/$(basename "${f%.cpp}").o" &
         pids+=($!)
     done
-    for f in runtime driver; do
+    for f in runtime driver memory; do
         "$cxx" "${common[@]}" "${opt[@]}" -c "$repo/sim/$f.cpp" -o "$dir/obj/$f.o" &
         pids+=($!)
     done
@@ -69,7 +69,7 @@ build_variant() {
     # __shared__ variables (runtime.cpp poisons it before each block).
     "$cxx" -shared "${opt[@]}" -o "$dir/librlvr_sim_kernels.so" "$dir"/obj/kernels_*.o
     "$cxx" -shared "${opt[@]}" -Wl,-soname,libcuda.so.1 -Wl,-rpath,'$ORIGIN' -o "$dir/libcuda.so.1" \
-        "$dir/obj/runtime.o" "$dir/obj/driver.o" "$dir/obj/stubs.o" -L "$dir" -Wl,--no-as-needed -lrlvr_sim_kernels -Wl,--as-needed -ldl
+        "$dir/obj/runtime.o" "$dir/obj/driver.o" "$dir/obj/memory.o" "$dir/obj/stubs.o" -L "$dir" -Wl,--no-as-needed -lrlvr_sim_kernels -Wl,--as-needed -ldl
     ln -sf libcuda.so.1 "$dir/libcuda.so"
     echo "$sum" >"$stamp"
     echo "kernel-sim: built $v ($dir)" >&2

@@ -40,6 +40,15 @@ const KernelEntry* find_kernel(const char* name);
 size_t kernel_count();
 const KernelEntry* kernel_at(size_t i);
 
+// An H200's order of magnitude of device memory (driver.cpp, memory.cpp).
+constexpr size_t TOTAL_MEMORY = 140ull << 30;
+// The calling thread has a CUDA context bound (driver.cpp).
+bool context_current();
+// The launch this OS thread runs, if any; whether [p, p + bytes) is this thread's shared memory
+// (runtime.cpp).
+const LaunchSpec* running_launch();
+bool in_shared(uintptr_t p, size_t bytes);
+
 // printf to stderr, prefixed with "kernel-sim: ", then abort().
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 
