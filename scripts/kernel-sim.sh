@@ -27,7 +27,7 @@ done
 out=$repo/target/kernel-sim
 logs=$out/logs
 mkdir -p "$logs"
-rm -f "$logs"/*.log "$out"/report.tsv
+rm -f "$logs"/*.log "$out"/report.tsv "$out"/results.tsv
 start=$SECONDS
 say() { printf 'kernel-sim: %s\n' "$*"; }
 
@@ -88,6 +88,9 @@ print(n)
 EOF
 )
     tests_line[$name]="${tests_line[$name]} [$props properties x $cases cases]"
+    python3 -c 'import re, sys
+m = re.search(r"(\d+) passed; (\d+) failed", sys.argv[2])
+print(sys.argv[1], *(m.groups() if m else ("0", "?")), sep="\t")' "$name" "${tests_line[$name]}" >>"$out/results.tsv"
     run "$name" "$bin" asan "$logs/$name.asan.log" sanitizer_small_case || failed=1
     if grep -q "running 0 tests" "$logs/$name.asan.log"; then
         say "FAILED $name (asan): it has no sanitizer_small_case"
@@ -101,24 +104,28 @@ say "summary, thread-order seed base $seed (RLVR_SIM_SEED=$seed reproduces it), 
 while read -r name _; do
     printf '  %-18s %s\n' "$name" "${tests_line[$name]:-not run}"
 done <<<"$bins"
-python3 - "$out/report.tsv" <<'EOF'
+python3 - "$out/report.tsv" "$out/results.tsv" "$seed" <<'EOF'
 import collections, sys
 fam = collections.OrderedDict((f, [0, 0, set(), set()]) for f in ("token_stats", "plain_read", "grpo", "sequence"))
 def family(k):
     if k.startswith("token_stats"): return "token_stats"
     if k.startswith("plain_read"): return "plain_read"
-    if k.startswith("grpo") or k in ("sum_chunks_f64",): return "grpo"
+    if k.startswith(("grpo_forward", "grpo_fused", "grpo_backward")) or k in ("sum_chunks_f64", "grpo_loss_final"):
+        return "grpo"
     return "sequence"
-try:
-    rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
-except FileNotFoundError:
-    rows = []
-for exe, kernel, launches, blocks, base, first in rows:
+def read(path):
+    try:
+        return [l.rstrip("\n").split("\t") for l in open(path)]
+    except FileNotFoundError:
+        return []
+for exe, kernel, launches, blocks, base, first in read(sys.argv[1]):
     f = fam[family(kernel)]
-    f[0] += int(launches); f[1] += int(blocks); f[2].add(kernel); f[3].add(exe.split("-")[0])
+    f[0] += int(launches); f[1] += int(blocks); f[2].add(kernel); f[3].add(exe.rsplit("-", 1)[0])
+results = {name: (passed, failed) for name, passed, failed in read(sys.argv[2])}
 for name, (launches, blocks, kernels, exes) in fam.items():
-    print(f"  kernels {name:<12} {len(kernels):2d} entry points, {launches:6d} launches, {blocks:7d} blocks, "
-          f"each launch its own thread order (from {', '.join(sorted(exes)) or '-'})")
+    tests = ", ".join(f"{e} {results[e][0]} passed {results[e][1]} failed" for e in sorted(exes) if e in results)
+    print(f"  kernels {name:<11} {len(kernels):2d} entry points, {launches:5d} launches ({blocks:6d} blocks) "
+          f"in {tests or 'no test'}; thread-order seed of launch i: mix({sys.argv[3]}, i)")
 EOF
 
 if ((mutations)); then

@@ -486,6 +486,34 @@ fn runs_on_candle_stream() {
     compare::<bf16>(&z, s.vocab, None, &cfg, &fast, 0..s.rows).unwrap();
 }
 
+/// The bandwidth reference `plain_read` sums every row (−inf entries skipped) for every dtype,
+/// unaligned rows and V above one 1024·VEC pass included. Tolerance: an f32 sum of V terms in any
+/// order is within (V + 11)·2⁻²⁴·Σ|z| of the exact sum (V − 1 additions per thread and merge,
+/// 10 merge levels, one rounding of each term); doubled.
+#[test]
+fn plain_read_sums_every_row() {
+    let Some(stream) = gpu_or_skip("plain_read_sums_every_row") else { return };
+    fn one<E: Element + DeviceRepr>(stream: &Arc<CudaStream>, kind: RowKind, rows: usize, vocab: usize) {
+        let s = LogitsSpec { neg_inf: 0.2, ..spec(kind, rows, vocab, 4) };
+        let (logits, z) = round_to::<E>(&s.generate());
+        let d = stream.clone_htod(&logits).unwrap();
+        let mut out = stream.clone_htod(&vec![f32::NAN; rows]).unwrap();
+        cuda::plain_read_into(stream, &d.as_view(), vocab, &mut out).unwrap();
+        let got = stream.clone_dtoh(&out).unwrap();
+        for (r, row) in z.chunks_exact(vocab).enumerate() {
+            let finite = row.iter().filter(|x| x.is_finite());
+            let (want, abs): (f64, f64) = finite.fold((0.0, 0.0), |(a, b), &x| (a + x, b + x.abs()));
+            let tol = 2.0 * (vocab as f64 + 11.0) * U * abs + 1e-6;
+            assert!((got[r] as f64 - want).abs() <= tol, "{:?} V = {vocab} row {r}: {} vs {want}", E::DTYPE, got[r]);
+        }
+    }
+    for (kind, rows, vocab) in [(RowKind::LmLike, 5, 37), (RowKind::Zipf, 3, 9001), (RowKind::Flat, 2, 151_936)] {
+        one::<f32>(&stream, kind, rows, vocab);
+        one::<bf16>(&stream, kind, rows, vocab);
+        one::<f16>(&stream, kind, rows, vocab);
+    }
+}
+
 /// The timing helper `rlvr bench --device cuda` uses returns positive, finite GPU times.
 #[test]
 fn bench_helper_runs() {
