@@ -11,8 +11,8 @@
 //   row, which the CTA has just read: it runs in reverse order (or forward after a top-p re-read,
 //   which itself ran in reverse) so that it starts with the part most likely still in L2, and
 //   reads with evict-first loads. In place, the first pass reads coherently (not through the
-//   read-only cache: the kernel writes these rows). HBM traffic is then near 1 read + 1 write per element; the
-//   scalar loss is needed only by the caller, so nothing waits for it.
+//   read-only cache: the kernel writes these rows). HBM traffic is then near 1 read + 1 write per
+//   element; the scalar loss is needed only by the caller, so nothing waits for it.
 //
 // Top-p placement. The exact count usually costs no traffic at all: bf16/f16 rows keep per-key
 // counts and f32 rows their candidates' keys in shared memory (row_stats.cuh). Rows with too many
@@ -309,7 +309,7 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
                              const float* lse, const float* entropy, const float* grad_logp,                         \
                              const float* grad_entropy, float inv_t, float grad_value, const float* grad_ptr) {      \
         const float grad = grad_value * (grad_ptr != nullptr ? *grad_ptr : 1.f);                                     \
-        const bool in_place = logits == nullptr; /* then read coherently: the rows are written */                       \
+        const bool in_place = logits == nullptr; /* then read coherently: the rows are written */                     \
         const E* src = in_place ? dlogits : logits;                                                                   \
         for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {                                             \
             const BackCoef k = back_coef(lse[row], entropy[row], grad_logp[row], grad_entropy[row], inv_t, grad);    \

@@ -12,4 +12,6 @@ static const rlvr_sim::KernelEntry entries[] = {
     RLVR_SIM_GRPO(f32), RLVR_SIM_GRPO(bf16), RLVR_SIM_GRPO(f16),
     RLVR_SIM_KERNEL(sum_chunks_f64), RLVR_SIM_KERNEL(grpo_loss_final),
 };
-__attribute__((constructor)) static void register_entries() { rlvr_sim_register(entries, sizeof entries / sizeof *entries); }
+__attribute__((constructor)) static void register_entries() {
+    rlvr_sim_register(entries, sizeof entries / sizeof *entries);
+}

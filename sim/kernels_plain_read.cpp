@@ -8,4 +8,6 @@ static const rlvr_sim::KernelEntry entries[] = {
     RLVR_SIM_KERNEL(plain_read_bf16),
     RLVR_SIM_KERNEL(plain_read_f16),
 };
-__attribute__((constructor)) static void register_entries() { rlvr_sim_register(entries, sizeof entries / sizeof *entries); }
+__attribute__((constructor)) static void register_entries() {
+    rlvr_sim_register(entries, sizeof entries / sizeof *entries);
+}

@@ -8,4 +8,6 @@ static const rlvr_sim::KernelEntry entries[] = {
     RLVR_SIM_KERNEL(ppl_weight),      RLVR_SIM_KERNEL(grpo_advantages),  RLVR_SIM_KERNEL(shape_advantages),
     RLVR_SIM_KERNEL(token_advantages),
 };
-__attribute__((constructor)) static void register_entries() { rlvr_sim_register(entries, sizeof entries / sizeof *entries); }
+__attribute__((constructor)) static void register_entries() {
+    rlvr_sim_register(entries, sizeof entries / sizeof *entries);
+}
