@@ -314,7 +314,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
         };
         result = l1.settled ? l1.count
                             : l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r, kept, sh);
-    } else {
+    } else {  // (model: rare path from here)
         // A counter may have wrapped: count the row again, level by level, with u32 counters.
         if (threadIdx.x == 0) sh.reread = 1;
         clear_level(h);
@@ -331,7 +331,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
             result = l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r,
                                                        [&](int j) { return h.cnt[j]; }, sh);
         }
-    }
+    }  // (model: rare path ends)
     clear_level(h);
     clear_fine(h);
     return result;
@@ -346,9 +346,9 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     if (!list && threadIdx.x == 0) sh.reread = 1;
     if (list) {
         level_pass_list<false>(len, 0u, 0u, 21, 0x7ff, r, h);
-    } else {
+    } else {  // (model: rare path from here)
         level_pass_row<float, false>(rs, 0u, 0u, 21, 0x7ff, r, h);
-    }
+    }  // (model: rare path ends)
     __syncthreads();
     const Level l1 = level_crossing(target, h, sh);
     if (l1.settled) {
@@ -358,18 +358,19 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     const uint32_t b1 = (uint32_t)l1.c.idx;
     clear_level(h);
     if (!list) {  // gather the crossing bucket's kept keys: the list holds them if they fit
+        // (model: rare path from here)
         if (threadIdx.x == 0) sh.list_len = 0;
         __syncthreads();
         gather_f32(rs, b1, r, h, sh);
         __syncthreads();
         len = sh.list_len;
         list = len <= LIST_CAP;
-    }
+    }  // (model: rare path ends)
     if (list) {
         level_pass_list<false>(len, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
-    } else {
+    } else {  // (model: rare path from here)
         level_pass_row<float, false>(rs, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
-    }
+    }  // (model: rare path ends)
     __syncthreads();
     const unsigned long long t2 = target - l1.c.mass_above;
     const Level l2 = level_crossing(t2, h, sh);
@@ -379,9 +380,9 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
         clear_level(h);
         if (list) {
             level_pass_list<true>(len, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
-        } else {
+        } else {  // (model: rare path from here)
             level_pass_row<float, true>(rs, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
-        }
+        }  // (model: rare path ends)
         __syncthreads();
         result = l1.c.count_above + l2.c.count_above +
                  exact_level<float>(1024, prefix << 10, t2 - l2.c.mass_above, r, [&](int j) { return h.cnt[j]; }, sh);

@@ -19,8 +19,11 @@ dir=$(cd "$dir" && pwd)
 
 # All six on the CUDA 13.0 line: nvcc alone pulls a newer nvvm whose PTX (.version 9.5) neither
 # ptxas 13.0 nor the GPU host's driver 580 accepts.
+# The disassemblers of the static performance model (scripts/kernel-model.sh) have no 13.0 wheel:
+# 13.2.51 is the oldest on PyPI; it reads ptxas 13.0's sm_90 cubins (5.7 MB, no dependencies).
 wheels=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
-    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88)
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cuda-nvrtc==13.0.88
+    nvidia-cuda-nvdisasm==13.2.51 nvidia-cuda-cuobjdump==13.2.51)
 stamp="$dir/wheels.stamp"
 
 log() { printf 'cuda-toolchain: %s\n' "$*" >&2; }
