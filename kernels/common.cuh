@@ -17,19 +17,29 @@
 //   RLVR_EX2(y, x)              y = 2^x by ex2.approx.ftz.f32 (host: exp2f, subnormals flushed)
 //   RLVR_DYNAMIC_SMEM_SIZE(v)   v = the launch's dynamic shared memory in bytes
 //   RLVR_DYNAMIC_SHARED(T, p)   declares `p`, the block's dynamic shared memory as T[]
+//   RLVR_PREFETCH_L2(p)         brings the line of global address p into L2 (host: nothing; a hint
+//                               only, so the simulator loses no check by skipping it)
 #ifdef RLVR_KERNEL_SIM
 #define RLVR_EX2(y, x) ((y) = rlvr_sim::ex2_approx(x))
 #define RLVR_DYNAMIC_SMEM_SIZE(v) ((v) = rlvr_sim::dynamic_smem_size())
 #define RLVR_DYNAMIC_SHARED(T, p) T* const p = static_cast<T*>(rlvr_sim::dynamic_shared())
+#define RLVR_PREFETCH_L2(p) ((void)(p))
 #else
 #define RLVR_EX2(y, x) asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x))
 #define RLVR_DYNAMIC_SMEM_SIZE(v) asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v))
 #define RLVR_DYNAMIC_SHARED(T, p) extern __shared__ __align__(16) T p[]
+#define RLVR_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
 #endif
 
 namespace rlvr {
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
+// Threads per CTA of every row kernel. Without top-p two CTAs per SM (__launch_bounds__(ROW_BLOCK,
+// 2): at most 64 registers), so that one CTA's per-row work overlaps the other's streaming; with
+// top-p one (its histogram fills the SM's shared memory; up to 128 registers). 512 threads with
+// four 16-byte loads each keep 32 KiB in flight per CTA, past what HBM latency × the SM's share
+// of bandwidth needs (~15 KiB). src/cuda/context.rs launches with the same number.
+constexpr int ROW_BLOCK = 512;
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float NEG_INF = -__builtin_huge_valf();
 constexpr float POS_INF = __builtin_huge_valf();
@@ -60,6 +70,27 @@ __device__ __forceinline__ uint32_t bits_from_key16(uint32_t k) { return (k & 0x
 // (ld.global.cg). The read-only path is only for memory the kernel never writes: a kernel that
 // writes its input in place must read it coherently (the read-only cache may keep the old data).
 template <typename T> __device__ __forceinline__ T load(const T* p, bool nc) { return nc ? __ldg(p) : __ldcg(p); }
+
+// A word array in shared memory for integer atomics in a hot loop. Device: addressed by its 32-bit
+// shared-window offset, so each atomic is one ATOMS on a register address (through a generic
+// pointer to dynamic shared memory, ptxas re-derives the window base from the CTA id before every
+// atomic: 4 more instructions each). Host build (the kernel simulator): the pointer and the
+// simulator's own checked atomics. This and the macros at the top are the only code that differs
+// between the two builds.
+struct SharedWords {
+#ifdef RLVR_KERNEL_SIM
+    uint32_t* p;
+    __device__ explicit SharedWords(uint32_t* q) : p(q) {}
+    __device__ void add(uint32_t i, uint32_t v) const { atomicAdd(p + i, v); }
+#else
+    uint32_t a;
+    __device__ explicit SharedWords(uint32_t* q) : a((uint32_t)__cvta_generic_to_shared(q)) {}
+    // p[i] += v, no result (a reduction: nothing to wait for).
+    __device__ void add(uint32_t i, uint32_t v) const {
+        asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(a + 4u * i), "r"(v) : "memory");
+    }
+#endif
+};
 
 // Element traits. VEC elements fill one 16-byte load; KEY_BITS is the width of the radix key;
 // NEG_INF_BITS pads partial vectors (-inf has probability 0 and is skipped by every histogram).
@@ -176,81 +207,97 @@ template <typename E> struct RowSplit {
 
 // Visits every element of a row as 16-byte vectors: f(const uint4&) is called the same number of
 // times by every thread of the block (out-of-range slots get -inf padding), so `f` may use warp
-// collectives. U vectors are loaded before the first is used, to keep U loads in flight.
-// `reverse` visits the row from its end: a re-read then starts with the most recently read
-// (most likely still in L2) part of the row.
+// collectives. U vectors are loaded before the first is used, to keep U loads in flight. Trips
+// whose U·blockDim vectors are all in the row load without bounds checks; only the last, partial
+// trip checks (and pads). `reverse` visits the row from its end: a re-read then starts with the
+// most recently read (most likely still in L2) part of the row.
 template <int U, typename E, typename F>
 __device__ __forceinline__ void for_each_vec(const RowSplit<E>& rs, bool reverse, F&& f) {
     const uint32_t tid = threadIdx.x, bd = blockDim.x, step = U * bd;
-    const uint32_t iters = (rs.nvec + step - 1) / step;
-    if (!reverse) f(rs.partial(tid));
-    for (uint32_t it = 0; it < iters; ++it) {
-        const uint32_t base = (reverse ? iters - 1 - it : it) * step;
+    const uint32_t full = rs.nvec / step, iters = (rs.nvec + step - 1) / step;
+    auto trip = [&](uint32_t t, bool check) {
+        const uint32_t base = t * step;
         uint4 r[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const uint32_t j = base + (uint32_t)u * bd + tid;
-            r[u] = j < rs.nvec ? rs.vec(j) : neg_inf_vec<E>();
+            r[u] = (!check || j < rs.nvec) ? rs.vec(j) : neg_inf_vec<E>();
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) f(r[reverse ? U - 1 - u : u]);
+    };
+    if (!reverse) {
+        f(rs.partial(tid));
+        for (uint32_t t = 0; t < full; ++t) trip(t, false);
+        if (full < iters) trip(full, true);
+    } else {
+        if (full < iters) trip(full, true);
+        for (uint32_t t = full; t-- > 0;) trip(t, false);
+        f(rs.partial(tid));
     }
-    if (reverse) f(rs.partial(tid));
 }
 
 // ---- Reductions in a fixed order ----------------------------------------------------------
 
-// Online softmax state over x = z / T, relative to the running max m (z units):
-// s = sum e^{(z - m)/T}, w = sum ((z - m)/T) e^{(z - m)/T}.
+// Online softmax state over x = z / T in base 2: with c = log2(e)/T and the reference
+// r = ref(m, c) = rn(m·c) of the running max m (z units), d_i = rn(z_i·c − r) (one FFMA per
+// element: 1/T is applied once, in c), s = Σ 2^{d_i} and w = Σ d_i·2^{d_i}. The rounding of r is a
+// common factor 2^{m·c − r} of every term: row_stats.cuh takes it out exactly (RowStats::ln_s_m).
 struct Softmax {
     float m, s, w;
 };
 
-// Merge of two states: commutative bit for bit (a + b == b + a in IEEE), so both lanes of an
-// xor-butterfly get identical results.
-__device__ __forceinline__ Softmax merge(Softmax a, Softmax b, float c /* log2(e)/T */, float inv_t) {
-    const float m = fmaxf(a.m, b.m);
-    if (m == NEG_INF) return Softmax{m, 0.f, 0.f};
-    float sa = 0.f, wa = 0.f, sb = 0.f, wb = 0.f;
-    if (a.s > 0.f) {
-        const float f = ex2((a.m - m) * c), d = (a.m - m) * inv_t;
-        sa = a.s * f;
-        wa = (a.w + d * a.s) * f;
-    }
-    if (b.s > 0.f) {
-        const float f = ex2((b.m - m) * c), d = (b.m - m) * inv_t;
-        sb = b.s * f;
-        wb = (b.w + d * b.s) * f;
-    }
-    return Softmax{m, sa + sb, wa + wb};
-}
-
-__device__ __forceinline__ Softmax warp_merge(Softmax v, float c, float inv_t) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        Softmax u{__shfl_xor_sync(FULL_MASK, v.m, o), __shfl_xor_sync(FULL_MASK, v.s, o),
-                  __shfl_xor_sync(FULL_MASK, v.w, o)};
-        v = merge(v, u, c, inv_t);
-    }
-    return v;
-}
+// The reference of a max: rn(m·c), never contracted into another operation (every use must give
+// the same bits).
+__device__ __forceinline__ float ref(float m, float c) { return __fmul_rn(m, c); }
 
 // Block-wide merge (blockDim a multiple of 32, at most 1024); every thread gets the result.
 // `scratch` holds 32 states. Ends with a barrier, so `scratch` may be reused afterwards.
-__device__ __forceinline__ Softmax block_merge(Softmax v, float c, float inv_t, Softmax* scratch) {
+// The block max first (one FMNMX butterfly), then each thread rescales its s, w to it once (one
+// ex2) and the block sums them (adds only): cheaper than ten pairwise merges, and still in an
+// order fixed by thread index. A thread's NaN s (a non-finite row, flagged by the caller) is
+// dropped like an empty state.
+__device__ __forceinline__ Softmax block_merge(Softmax v, float c, Softmax* scratch) {
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = warp_merge(v, c, inv_t);
-    if (lane == 0) scratch[warp] = v;
+    float m = v.m;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(FULL_MASK, m, o));
+    if (lane == 0) scratch[warp].m = m;
+    __syncthreads();
+    m = lane < nw ? scratch[lane].m : NEG_INF;  // every warp reduces the warp maxima itself
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(FULL_MASK, m, o));
+    if (m == NEG_INF) {
+        __syncthreads();
+        return Softmax{m, 0.f, 0.f};
+    }
+    float s = 0.f, w = 0.f;
+    if (v.s > 0.f) {
+        const float d = __fsub_rn(ref(v.m, c), ref(m, c)), f = ex2(d);
+        s = __fmul_rn(v.s, f);
+        w = __fmul_rn(__fmaf_rn(d, v.s, v.w), f);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        s += __shfl_xor_sync(FULL_MASK, s, o);
+        w += __shfl_xor_sync(FULL_MASK, w, o);
+    }
+    __syncthreads();  // every warp has read the maxima
+    if (lane == 0) scratch[warp].s = s, scratch[warp].w = w;
     __syncthreads();
     if (warp == 0) {
-        Softmax u = lane < nw ? scratch[lane] : Softmax{NEG_INF, 0.f, 0.f};
-        u = warp_merge(u, c, inv_t);
-        if (lane == 0) scratch[0] = u;
+        float ss = lane < nw ? scratch[lane].s : 0.f, ww = lane < nw ? scratch[lane].w : 0.f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            ss += __shfl_xor_sync(FULL_MASK, ss, o);
+            ww += __shfl_xor_sync(FULL_MASK, ww, o);
+        }
+        if (lane == 0) scratch[0].s = ss, scratch[0].w = ww;
     }
     __syncthreads();
-    v = scratch[0];
+    const Softmax r{m, scratch[0].s, scratch[0].w};
     __syncthreads();
-    return v;
+    return r;
 }
 
 // Block-wide reduction by `op` (commutative; blockDim a multiple of 32, at most 1024): xor

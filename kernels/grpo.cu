@@ -1,6 +1,7 @@
 // The fused shaped-GRPO loss (DESIGN.md §4-§5): the forward (per-row statistics, per-token loss
 // terms, the saved scalars of the backward), the backward to dlogits, and both in one kernel.
-// One CTA of 1024 threads per row, rows in a 1-D grid-stride loop (any N, 64-bit offsets).
+// One CTA of ROW_BLOCK = 512 threads per row (two per SM without top-p, one with), rows in a 1-D
+// grid-stride loop (any N, 64-bit offsets).
 //
 // Traffic budget per row of V elements of b bytes (plus O(1) per-token scalars):
 // - forward: read V·b once (the single pass of row_stats.cuh: lse, H, top-p histograms) and the
@@ -11,12 +12,16 @@
 //   row, which the CTA has just read: it runs in reverse order (or forward after a top-p re-read,
 //   which itself ran in reverse) so that it starts with the part most likely still in L2, and
 //   reads with evict-first loads. In place, the first pass reads coherently (not through the
-//   read-only cache: the kernel writes these rows). HBM traffic is then near 1 read + 1 write per
-//   element; the scalar loss is needed only by the caller, so nothing waits for it.
+//   read-only cache: the kernel writes these rows). The re-read hits L2 only for the part of the
+//   row read last: with 132 SMs each streaming a 304 KB bf16 row (two per SM without top-p), the
+//   static model (scripts/kernel-model.sh) puts HBM traffic at 1 write + 1.6–1.8 reads per
+//   element at [4096, 151936]. 1 read + 1 write needs the row held on chip (a cluster's
+//   distributed shared memory, DESIGN.md §5): not done yet. The scalar loss is needed only by
+//   the caller, so nothing waits for it.
 //
 // Top-p placement. The exact count usually costs no traffic at all: bf16/f16 rows keep per-key
 // counts and f32 rows their candidates' keys in shared memory (row_stats.cuh). Rows with too many
-// candidates (flat f32 rows; 16-bit rows with 65536 candidates in one bucket) re-read themselves,
+// candidates (flat f32 rows; 16-bit rows whose u16 counters wrapped) re-read themselves,
 // tail first, mostly from L2. Moving that into the backward's re-read would make `branch` depend
 // on whether (and when) a backward runs, and put the 155 KB histogram into the backward of every
 // dtype; so it stays in the forward, as in token_stats.cu, and the fused kernel orders its second
@@ -168,16 +173,24 @@ __device__ BackCoef token_outputs(uint64_t row, const RowStats& r, const RowSpli
 }
 
 __device__ __forceinline__ float ln_p(const BackCoef& k, float z) {
-    const float lp = __fmaf_rn(z, k.inv_t, -k.lse);
-    return lp > LN_P_FLOOR ? lp : LN_P_FLOOR;  // a select: NaN and -inf give p = 0, a finite product
+    // fmaxf returns the non-NaN operand: NaN and -inf give p = 0, a finite product (one FMNMX).
+    return fmaxf(__fmaf_rn(z, k.inv_t, -k.lse), LN_P_FLOOR);
 }
 
 // dz of one element (the target gets the exact form of δ - p: -expm1(ln p_y), no cancellation).
-// Explicit roundings: the fused and the separate backward give the same bits.
-__device__ __forceinline__ float dz_of(const BackCoef& k, float z, bool target) {
+// Explicit roundings: the fused and the separate backward give the same bits. The vector loop
+// computes every element as a non-target (dz_off: no expm1, which costs as much as the rest) and
+// then redoes the one target element of the row (dz_target).
+__device__ __forceinline__ float dz_off(const BackCoef& k, float z) {
     const float lp = ln_p(k, z), p = ex2(__fmul_rn(lp, LOG2E)), h = __fadd_rn(lp, k.entropy);
-    if (target) return __fadd_rn(__fmul_rn(-k.cg, expm1f(lp)), __fmul_rn(__fmul_rn(k.beta, p), h));
     return __fmul_rn(p, __fmaf_rn(k.beta, h, -k.cg));
+}
+__device__ __forceinline__ float dz_target(const BackCoef& k, float z) {
+    const float lp = ln_p(k, z), p = ex2(__fmul_rn(lp, LOG2E)), h = __fadd_rn(lp, k.entropy);
+    return __fadd_rn(__fmul_rn(-k.cg, expm1f(lp)), __fmul_rn(__fmul_rn(k.beta, p), h));
+}
+__device__ __forceinline__ float dz_of(const BackCoef& k, float z, bool target) {
+    return target ? dz_target(k, z) : dz_off(k, z);
 }
 
 // Element j of row `src` -> dst (scalar path: head/tail elements and rows whose source and
@@ -235,7 +248,11 @@ __device__ void backward_row(const RowSplit<E>& rs, E* dst, uint32_t y, const Ba
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
                     const float z = Elem<E>::value_of_bits(vec_bits<E>(r[u], i));
-                    vec_set<E>(o, i, Elem<E>::bits_of_value(dz_of(k, z, j == yv && i == ylane)));
+                    vec_set<E>(o, i, Elem<E>::bits_of_value(dz_off(k, z)));
+                }
+                if (j == yv) {  // once per row
+                    const float z = Elem<E>::value_of_bits(vec_bits<E>(r[u], ylane));
+                    vec_set<E>(o, ylane, Elem<E>::bits_of_value(dz_target(k, z)));
                 }
             }
             __stcs(out + j, o);
@@ -261,6 +278,13 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
     const E* src = in_place ? dlogits : logits;
     for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
         const RowSplit<E> rs(src, row, vocab, !in_place);
+        if (threadIdx.x == 0) {  // thread 0's per-token inputs: in L2 by the time the pass ends
+            RLVR_PREFETCH_L2(io.targets + row);
+            RLVR_PREFETCH_L2(io.mask + row);
+            RLVR_PREFETCH_L2(io.old_logp + row);
+            RLVR_PREFETCH_L2(io.adv + row);
+            if (io.ref_logp != nullptr) RLVR_PREFETCH_L2(io.ref_logp + row);
+        }
         const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
             if (threadIdx.x == 0) coef = token_outputs<E>(row, r, rs, vocab, io, agg, tot, lp, pp.inv_t, grad);
         });
@@ -277,16 +301,16 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
 
 }  // namespace
 
-// Entry points. blockDim.x = 1024. Arguments (same order for every variant):
+// Entry points. blockDim.x = ROW_BLOCK (512). Arguments (same order for every variant):
 //   logits [n_rows·vocab]; dlogits [n_rows·vocab] (fused only, may equal logits; else null);
 //   n_rows, vocab; per-token inputs targets, mask, old_logp, ref_logp (or null), advantages;
 //   lens [B] and totals from seq_counts (sequence.cu), seq_len; agg, loss, pass settings;
 //   grad_value, grad_ptr (fused: dlogits are scaled by grad_value·*grad_ptr, grad_ptr may be null);
 //   outputs token_loss, logp, ratio, clip_flags (u8), kl (or null), lse, entropy, grad_logp,
 //   grad_entropy, contrib (f64), branch (top-p variants; else null); status (u64[8] or null).
-//   Top-p variants need sizeof(Hist) = 155648 bytes of dynamic shared memory.
+//   Top-p variants need sizeof(Hist) = 155904 bytes of dynamic shared memory.
 #define RLVR_GRPO_ENTRY(KNAME, E, TOPP, BWD)                                                                          \
-    extern "C" __global__ void __launch_bounds__(BLOCK, 1) KNAME(                                                     \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, TOPP ? 1 : 2) KNAME(                                      \
         const E* logits, E* dlogits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, const float* mask,    \
         const float* old_logp, const float* ref_logp, const float* adv, const uint32_t* lens,                        \
         const BatchTotals* totals, uint32_t seq_len, AggParams agg, LossParams lp, PassParams pp, float grad_value,  \
@@ -304,7 +328,7 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
     RLVR_GRPO_ENTRY(grpo_forward_topp_##NAME, E, true, false)                                                         \
     RLVR_GRPO_ENTRY(grpo_fused_##NAME, E, false, true)                                                                \
     RLVR_GRPO_ENTRY(grpo_fused_topp_##NAME, E, true, true)                                                            \
-    extern "C" __global__ void __launch_bounds__(BLOCK, 1)                                                            \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, 2)                                                        \
         grpo_backward_##NAME(const E* logits, E* dlogits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets,  \
                              const float* lse, const float* entropy, const float* grad_logp,                         \
                              const float* grad_entropy, float inv_t, float grad_value, const float* grad_ptr) {      \

@@ -31,9 +31,9 @@ __device__ void plain_read_rows(const E* __restrict__ logits, uint64_t n_rows, u
 
 }  // namespace
 
-// plain_read_<dtype>(logits [n_rows * vocab], n_rows, vocab, out [n_rows]); blockDim.x = 1024.
+// plain_read_<dtype>(logits [n_rows * vocab], n_rows, vocab, out [n_rows]); blockDim.x = ROW_BLOCK.
 #define RLVR_PLAIN_READ(NAME, E)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(1024, 1)                                                          \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, 2)                                                     \
         plain_read_##NAME(const E* logits, uint64_t n_rows, uint32_t vocab, float* out) {                          \
         plain_read_rows<E>(logits, n_rows, vocab, out);                                                            \
     }

@@ -3,20 +3,23 @@
 // flag, the top-p candidates with pruning), the block merge, and the radix selection of the branch
 // count. The traffic budget and reduction order are those stated in token_stats.cu's header.
 //
-// Everything here is called by a whole CTA of BLOCK threads (barriers inside). `row_stats` is the
-// driver: one call per row; the kernel decides what to write.
+// Everything here is called by a whole CTA (ROW_BLOCK = 512 threads; barriers inside). `row_stats`
+// is the driver: one call per row; the kernel decides what to write.
 //
 // Top-p masses (DESIGN.md §5). A candidate's mass is the fixed-point integer
-//   unit(z) = rn(2^frac · e^{(z − m)/T}),   frac = 61 − ⌊log2 S⌋,
+//   unit(z) = rn(2^frac · 2^{rn(z·c − r)}),   c = log2(e)/T,  r = rn(m·c),  frac = 61 − ⌊log2 s⌋,
 // taken after the pass, relative to the row max m (so a token's mass never depends on where the
-// row sits: the count is shift-invariant), with S = Σ e^{(z − m)/T} of the pass bounding the sum:
-// Σ unit < 2^62 + V/2 < 2^63. Masses are summed as integers (exact, order-free), and the crossing
-// target is the integer ⌈p·(1 − 2^-19)·S·2^frac⌉. Rounding costs at most 1/2 unit per token:
-// relative to the target, ≤ V·2^-63/p, far inside the 1e-5 band of DESIGN.md §4.
-// - 16-bit keys: pass 1 counts every candidate per key (u16 counters, two per word) and per coarse
-//   bucket (u32). The masses are then exact at scan time: Σ over a bucket's 32 keys of
-//   count·unit(value). A bucket with ≥ 65536 candidates may have wrapped a counter: such a row
-//   takes the re-read path below instead.
+// row sits: the count is shift-invariant) and from the same FFMA and ex2 as the token's term of
+// s = Σ 2^{rn(z·c − r)}, which bounds the sum: Σ unit < 2^62 + V/2 < 2^63. Masses are summed as
+// integers (exact, order-free), and the crossing target is the integer ⌈p·(1 − 2^-19)·s·2^frac⌉.
+// Rounding costs at most 1/2 unit per token: relative to the target, ≤ V·2^-63/p, far inside the
+// 1e-5 band of DESIGN.md §4.
+// - 16-bit keys: pass 1 counts every candidate per key, u16 counters two per word, with ONE
+//   shared reduction (no result) per candidate, and counts its candidates in a register. After
+//   the pass a sweep of the counters marks the touched coarse buckets (32 keys each); one warp per
+//   touched bucket then sums count·unit(value) over its 32 keys (a lane per key): exact masses,
+//   at the cost of what the row touched. The counters wrapped iff they sum to less than the
+//   candidates (a wrap loses a multiple of 65536): then the row re-reads itself with u32 counters.
 // - f32 keys: pass 1 appends the candidates' keys to a list in shared memory (32768 keys); the
 //   three radix levels (11 + 11 + 10 bits) then run over the list. A row with more candidates
 //   re-reads itself: level 1 over the row, then the crossing bucket's keys gathered into the list
@@ -24,6 +27,11 @@
 // Candidates are the tokens with z ≥ m_running + prune_z, a superset of those with z ≥ m + prune_z
 // (the "kept" set): every level counts only kept tokens, so the result does not depend on the
 // timing-dependent running max (nor on which path a row took: both sum the same integers).
+//
+// Static performance model (scripts/kernel-model.sh): code between the markers
+// "(model: rare path from here)" and "(model: rare path ends)" runs only for rows that re-read
+// themselves (or for a thread's elements before its first finite one); the model costs it through
+// the re-read frequency of its simulated rows, not per row.
 #pragma once
 
 #include "common.cuh"
@@ -42,11 +50,12 @@ constexpr uint32_t ROW_NON_FINITE = 1, ROW_ALL_NEG_INF = 2, ROW_BAD_TARGET = 4;
 // scan always crosses; the result stays inside the band p·(1 ± 1e-5).
 constexpr double TARGET_SLACK = 1.0 - 1.0 / 524288.0;
 
-// Dynamic shared memory of the top-p kernels (155648 bytes; one CTA per SM).
+// Dynamic shared memory of the top-p kernels (155904 bytes; one CTA per SM).
 struct Hist {
     unsigned long long mass[NB];  // fixed-point mass of each bucket of the current level
-    uint32_t cnt[NB];             // candidates (pass 1, 16-bit) or kept tokens of each bucket
+    uint32_t cnt[NB];             // kept tokens of each bucket of the current level
     uint32_t fine[FINE_WORDS];    // u16 count per 16-bit key, or the f32 key list
+    uint32_t touched[NB / 32];    // 16-bit keys: one bit per coarse bucket with a nonzero counter
 };
 
 struct Crossing {
@@ -73,12 +82,14 @@ struct Shared {
 // Per-row constants of the top-p count.
 struct RowCtx {
     float m, c, thr;   // row max (z units), log2(e)/T, the kept threshold m + prune_z
+    float r;           // ref(m, c): the pass's reference, so that a token's unit is its term of S
     float two_frac;    // 2^frac
 };
 
-// rn(2^frac · e^{(z - m)/T}) for a kept z (≤ m): the fixed-point mass of one token.
+// rn(2^frac · 2^{rn(z·c − r)}) for a kept z (≤ m): the fixed-point mass of one token, from the
+// same FFMA and ex2 as its term of S in pass 1.
 __device__ __forceinline__ unsigned long long unit(const RowCtx& r, float z) {
-    return __float2ull_rn(ex2((z - r.m) * r.c) * r.two_frac);
+    return __float2ull_rn(ex2(__fmaf_rn(z, r.c, -r.r)) * r.two_frac);
 }
 
 // The cumulative mass of buckets visited top-down (bucket n-1 first) reaches `target` first at
@@ -173,6 +184,43 @@ __device__ uint32_t exact_level(int n, uint32_t key_base, unsigned long long tar
     return c.count_above + (uint32_t)min(max(need, 1ull), (unsigned long long)cnt_of(c.idx));
 }
 
+// exact_level over the 32 keys key_base + j of one 16-bit bucket, by warp 0 alone (lane l holds
+// key j = 31 − l, so lane order is the top-down order): an inclusive scan over the lanes instead
+// of block_crossing's barriers. The same integer sums, so the same count. Whole block (a barrier
+// hands warp 0's result to everyone).
+template <typename E, typename CountF>
+__device__ uint32_t exact_level32(uint32_t key_base, unsigned long long target, const RowCtx& r, CountF cnt_of,
+                                  Shared& sh) {
+    const uint32_t lane = threadIdx.x & 31;
+    if (threadIdx.x < 32) {
+        const int j = 31 - (int)lane;
+        const uint32_t c = cnt_of(j);
+        const unsigned long long u = c == 0 ? 0ull : unit(r, Elem<E>::value_of_key(key_base + (uint32_t)j));
+        const unsigned long long m = (unsigned long long)c * u;
+        unsigned long long mi = m;
+        uint32_t ci = c;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
+            const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
+            if (lane >= (uint32_t)o) mi += mo, ci += co;
+        }
+        const uint32_t ball = __ballot_sync(FULL_MASK, mi >= target);
+        const uint32_t total = __shfl_sync(FULL_MASK, ci, 31);
+        if (ball == 0) {
+            if (lane == 0) sh.res.total_count = total;
+        } else if (lane == (uint32_t)(__ffs(ball) - 1)) {
+            const unsigned long long left = target - (mi - m), uu = max(u, 1ull);
+            const unsigned long long need = (left + uu - 1) / uu;
+            sh.res.total_count = (ci - c) + (uint32_t)min(max(need, 1ull), (unsigned long long)c);
+        }
+    }
+    __syncthreads();
+    const uint32_t result = sh.res.total_count;
+    __syncthreads();
+    return result;
+}
+
 // Adds the kept element (key, z) whose key satisfies (key & pmask) == prefix to the level
 // histogram, bucketed by (key >> digit_shift) & digit_mask: a count and, unless COUNT_ONLY (the
 // exact level: one value per bucket), its unit.
@@ -214,13 +262,6 @@ __device__ void level_pass_list(uint32_t len, uint32_t pmask, uint32_t prefix, i
 __device__ inline void clear_level(Hist& h) {
     __syncthreads();
     for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) h.cnt[b] = 0, h.mass[b] = 0;
-    __syncthreads();
-}
-
-// Zeroes every u16 counter (16-bit rows; the f32 list needs no clearing). Barrier after.
-__device__ inline void clear_fine(Hist& h) {
-    uint4* f = reinterpret_cast<uint4*>(h.fine);
-    for (uint32_t q = threadIdx.x; q < FINE_WORDS / 4; q += blockDim.x) f[q] = make_uint4(0, 0, 0, 0);
     __syncthreads();
 }
 
@@ -279,43 +320,103 @@ __device__ inline Level level_crossing(unsigned long long target, const Hist& h,
     return Level{c, false, 0u};
 }
 
-// Branch count of a 16-bit row after pass 1 (coarse candidate counts + a u16 count per key).
-// Leaves the histograms zeroed.
+// Whether coarse bucket b of a 16-bit row has a nonzero counter (pass 1 set its bit).
+__device__ __forceinline__ bool touched(const Hist& h, uint32_t b) { return (h.touched[b >> 5] >> (b & 31u)) & 1u; }
+
+// Zeroes the u16 counters of the touched buckets and the touched bits (a 16-bit row's whole
+// histogram state, at the cost of what the row touched). Barrier before (the counters are read
+// up to then) and after.
+__device__ inline void clear_touched(Hist& h) {
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    for (uint32_t wi = warp; wi < NB / 32; wi += nw) {
+        uint32_t bits = h.touched[wi];
+        while (bits != 0) {
+            const uint32_t b = wi * 32 + (uint32_t)__ffs(bits) - 1;
+            bits &= bits - 1;
+            if (lane < 16) h.fine[b * 16 + lane] = 0;  // 32 u16 counters = 16 words
+        }
+        __syncwarp();
+        if (lane == 0) h.touched[wi] = 0;
+    }
+    __syncthreads();
+}
+
+// Sets the touched bit of every coarse bucket with a nonzero u16 counter: each thread ORs the 16
+// counter words of its buckets (16-byte shared loads: one pass over the 128 KiB, instead of a
+// second atomic per candidate in pass 1). Barrier after.
+__device__ inline void mark_touched(Hist& h) {
+    const uint4* f = reinterpret_cast<const uint4*>(h.fine);
+    for (uint32_t g = threadIdx.x; g < NB / 4; g += blockDim.x) {  // 4 buckets = 16 uint4
+        uint32_t bits = 0;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            uint32_t any = 0;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const uint4 x = f[g * 16 + b * 4 + q];
+                any |= x.x | x.y | x.z | x.w;
+            }
+            bits |= (uint32_t)(any != 0) << b;
+        }
+        if (bits != 0) atomicOr(&h.touched[g >> 3], bits << ((g & 7u) * 4));
+    }
+    __syncthreads();
+}
+
+// Branch count of a 16-bit row after pass 1 (a u16 count per key and `ncand`, this thread's
+// candidates). Leaves the histogram state zeroed.
+//
+// One warp per touched bucket, a lane per key: kept count and exact mass Σ count·unit(value),
+// summed over the warp. The counters have wrapped iff the touched counters sum to less than the
+// candidates (a wrap loses a multiple of 65536, and nothing else changes the sum): then the row
+// is counted again with u32 counters (the re-read path).
 template <typename E>
-__device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, const RowCtx& r, Hist& h,
-                             Shared& sh) {
+__device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, const RowCtx& r, uint32_t ncand,
+                             Hist& h, Shared& sh) {
     auto fine16 = [&](uint32_t k) { return (h.fine[k >> 1] >> ((k & 1) << 4)) & 0xffffu; };
-    // Each thread turns its buckets' candidate counts into kept counts and exact masses.
-    bool heavy = false;
-    for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) {
-        const uint32_t raw = h.cnt[b];
-        if (raw == 0) continue;
-        if (raw >= HEAVY) {
-            heavy = true;
-            continue;
-        }
-        uint32_t kept = 0;
-        unsigned long long mass = 0;
-        for (uint32_t j = 0; j < 32; ++j) {
-            const uint32_t k = (b << 5) | j, c = fine16(k);
+    const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    long long lost = -(long long)ncand;  // Σ counters − Σ candidates, summed over the block
+    mark_touched(h);
+    for (uint32_t wi = warp; wi < NB / 32; wi += nw) {
+        uint32_t bits = h.touched[wi];
+        while (bits != 0) {
+            const uint32_t b = wi * 32 + (uint32_t)__ffs(bits) - 1;
+            bits &= bits - 1;
+            const uint32_t k = (b << 5) | lane, cnt = fine16(k);
             const float z = Elem<E>::value_of_key(k);
-            if (c != 0 && z >= r.thr) kept += c, mass += (unsigned long long)c * unit(r, z);
+            const bool kept = cnt != 0 && z >= r.thr;  // a counted key is a value <= the row max
+            unsigned long long mass = kept ? (unsigned long long)cnt * unit(r, z) : 0ull;
+            uint32_t kc = kept ? cnt : 0u, raw = cnt;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                mass += __shfl_xor_sync(FULL_MASK, mass, o);
+                kc += __shfl_xor_sync(FULL_MASK, kc, o);
+                raw += __shfl_xor_sync(FULL_MASK, raw, o);
+            }
+            if (lane == 0) h.mass[b] = mass, h.cnt[b] = kc, lost += raw;
         }
-        h.cnt[b] = kept;
-        h.mass[b] = mass;
     }
     uint32_t result;
-    if (block_or((uint32_t)heavy, sh.red.u) == 0) {
-        const Level l1 = level_crossing(target, h, sh);
-        const uint32_t b1 = (uint32_t)l1.c.idx;
-        auto kept = [&](int j) {
-            const uint32_t k = (b1 << 5) | (uint32_t)j;
-            return Elem<E>::value_of_key(k) >= r.thr ? fine16(k) : 0u;
-        };
-        result = l1.settled ? l1.count
-                            : l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r, kept, sh);
+    if (block_sum(lost, reinterpret_cast<long long*>(sh.wmass)) == 0) {
+        // Buckets without a bit hold stale entries: they read as empty.
+        const Crossing c = block_crossing(
+            NB, target, [&](int b) { return touched(h, (uint32_t)b) ? h.mass[b] : 0ull; },
+            [&](int b) { return touched(h, (uint32_t)b) ? h.cnt[b] : 0u; }, sh);
+        if (c.idx < 0) {
+            result = c.total_count;
+        } else if (h.cnt[c.idx] == 1) {
+            result = c.count_above + 1;
+        } else {
+            const uint32_t b1 = (uint32_t)c.idx;
+            auto kept = [&](int j) {
+                const uint32_t k = (b1 << 5) | (uint32_t)j;
+                return Elem<E>::value_of_key(k) >= r.thr ? fine16(k) : 0u;
+            };
+            result = c.count_above + exact_level32<E>(b1 << 5, target - c.mass_above, r, kept, sh);
+        }
     } else {  // (model: rare path from here)
-        // A counter may have wrapped: count the row again, level by level, with u32 counters.
+        // A counter has wrapped: count the row again, level by level, with u32 counters.
         if (threadIdx.x == 0) sh.reread = 1;
         clear_level(h);
         level_pass_row<E, false>(rs, 0u, 0u, 16 - COARSE_BITS, NB - 1, r, h);
@@ -328,12 +429,11 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
             clear_level(h);
             level_pass_row<E, true>(rs, 0xffe0u, b1 << 5, 0, 31, r, h);
             __syncthreads();
-            result = l1.c.count_above + exact_level<E>(32, b1 << 5, target - l1.c.mass_above, r,
-                                                       [&](int j) { return h.cnt[j]; }, sh);
+            result = l1.c.count_above + exact_level32<E>(b1 << 5, target - l1.c.mass_above, r,
+                                                         [&](int j) { return h.cnt[j]; }, sh);
         }
     }  // (model: rare path ends)
-    clear_level(h);
-    clear_fine(h);
+    clear_touched(h);
     return result;
 }
 
@@ -391,54 +491,73 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     return result;
 }
 
-// Pass 1 over a row: online softmax state, non-finite flag and (TOPP) the top-p candidates.
+// Pass 1 over a row: online softmax state (see Softmax), non-finite flag and (TOPP) the top-p
+// candidates. Per element: one FFMA for d = rn(z·c − r), ex2, an add, an FFMA for w (d clamped to
+// -127, below which ex2 flushes to 0, so that a -inf element adds 0, not -inf·0), and the max.
+// Non-finite values need no test of their own: a NaN makes its d, and so the thread's s, NaN; a
+// +inf becomes the max, and +inf·c − (+inf) is NaN. Only a thread that has seen no finite value
+// yet (m = -inf) looks at its elements for NaN.
+// `ncand` counts this thread's 16-bit candidates (branch16 checks the counters against it).
 template <typename E, bool TOPP>
-__device__ Softmax pass1(const RowSplit<E>& rs, float inv_t, float c, float prune_z, uint32_t& bad, Hist* h,
+__device__ Softmax pass1(const RowSplit<E>& rs, float c, float prune_z, uint32_t& bad, uint32_t& ncand, Hist* h,
                          Shared& sh) {
     constexpr int VEC = Elem<E>::VEC;
-    float m = NEG_INF, s = 0.f, w = 0.f;
-    uint32_t nonfinite = 0;
-    for_each_vec<TOPP ? 2 : 4>(rs, false, [&](const uint4& r) {
+    float m = NEG_INF, r = NEG_INF, s = 0.f, w = 0.f;
+    uint32_t nan_seen = 0, cand = 0;
+    const SharedWords fine(TOPP ? h->fine : nullptr);
+    for_each_vec<4>(rs, false, [&](const uint4& q) {
         float v[VEC];
         float vmax = NEG_INF;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            v[i] = Elem<E>::value_of_bits(vec_bits<E>(r, i));
+            v[i] = Elem<E>::value_of_bits(vec_bits<E>(q, i));
             vmax = fmaxf(vmax, v[i]);
-            nonfinite |= !(v[i] < POS_INF);  // NaN or +inf
         }
         if (vmax > m) {
+            const float rn = ref(vmax, c);
             if (s > 0.f) {
-                const float f = ex2((m - vmax) * c), d = (m - vmax) * inv_t;
-                w = (w + d * s) * f;
-                s *= f;
+                const float d = __fsub_rn(r, rn), f = ex2(d);
+                w = __fmul_rn(__fmaf_rn(d, s, w), f);
+                s = __fmul_rn(s, f);
             }
             m = vmax;
+            r = rn;
         }
-        if (m > NEG_INF) {  // an all -inf vector adds nothing (and -inf - -inf is NaN)
+        if (m > NEG_INF) {  // (-inf·c − -inf is NaN: a thread's elements before its first finite one)
             float vs = 0.f, vw = 0.f;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                const float e = ex2((v[i] - m) * c);
-                vs += e;
-                vw += e > 0.f ? (v[i] - m) * inv_t * e : 0.f;
+                const float d = __fmaf_rn(v[i], c, -r), e = ex2(d);
+                vs = __fadd_rn(vs, e);
+                vw = __fmaf_rn(fmaxf(d, -127.f), e, vw);
             }
-            s += vs;
-            w += vw;
-        }
+            s = __fadd_rn(s, vs);
+            w = __fadd_rn(w, vw);
+        } else {  // (model: rare path from here)
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) nan_seen |= v[i] != v[i];
+        }  // (model: rare path ends)
         if constexpr (TOPP) {
             // Share the running max so that every thread prunes against the block's best bound.
             const uint32_t wk = __reduce_max_sync(FULL_MASK, key32(m));
             uint32_t lb = 0;
             if ((threadIdx.x & 31) == 0) lb = max(atomicMax(&sh.lb_key, wk), wk);
-            const float thr = fmaxf(m, from_key32(__shfl_sync(FULL_MASK, lb, 0))) + prune_z;
+            // At least -FLT_MAX: -inf is never a candidate (probability 0), NaN never compares.
+            const float thr = fmaxf(fmaxf(m, from_key32(__shfl_sync(FULL_MASK, lb, 0))) + prune_z, -3.4028235e38f);
             if constexpr (Elem<E>::KEY_BITS == 16) {
+                // One shared atomic per candidate, without a result: its key's u16 counter. The
+                // keys of a word's two elements are formed together (key16 on both halves).
 #pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    if (v[i] >= thr && v[i] > NEG_INF) {
-                        const uint32_t key = Elem<E>::key_of_bits(vec_bits<E>(r, i));
-                        atomicAdd(&h->cnt[key >> (16 - COARSE_BITS)], 1u);
-                        atomicAdd(&h->fine[key >> 1], 1u << ((key & 1u) << 4));
+                for (int j = 0; j < VEC / 2; ++j) {
+                    const uint32_t wd = j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w;
+                    const uint32_t keys = wd ^ ((((wd >> 15) & 0x10001u) * 0x7fffu) | 0x80008000u);
+#pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        const uint32_t key = half ? keys >> 16 : keys & 0xffffu;
+                        if (v[2 * j + half] >= thr) {
+                            fine.add(key >> 1, (key & 1u) ? 0x10000u : 1u);
+                            ++cand;
+                        }
                     }
                 }
             } else {
@@ -446,33 +565,38 @@ __device__ Softmax pass1(const RowSplit<E>& rs, float inv_t, float c, float prun
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
                     k[i] = key32(v[i]);
-                    hits |= (uint32_t)(v[i] >= thr && v[i] > NEG_INF) << i;
+                    hits |= (uint32_t)(v[i] >= thr) << i;
                 }
                 list_append<VEC>(k, hits, *h, sh);
             }
         }
     });
-    bad = nonfinite;
+    bad = nan_seen | (uint32_t)!(s == s);
+    ncand = cand;
     return Softmax{m, s, w};
 }
 
 // What one row's single pass gives every thread of the block.
 struct RowStats {
-    Softmax st;     // merged over the block: max m (z units), S, W relative to m
-    double ln_s;    // ln S
+    Softmax st;     // merged over the block: max m (z units); s, w relative to r = ref(m, c)
+    double ln_s;    // ln s
+    double ln_s_m;  // ln Σ 2^{(z − m)·c} = ln s − (m·c − r)·ln 2: s with the rounding of r taken out
     uint32_t flag;  // ROW_NON_FINITE or ROW_ALL_NEG_INF (then the values are meaningless), else 0
 };
 
-// lse = m/T + ln S, H = ln S - W/S, logp = (z_y - m)/T - ln S: each a difference of two terms of
-// the row's scale, so they are formed in f64 and rounded once.
+constexpr double LN2 = 0.69314718055994530942;
+
+// lse = m/T + ln Σ 2^{(z−m)c}, H = ln s − ln2·w/s (invariant to the reference),
+// logp = (z_y − m)/T − ln Σ 2^{(z−m)c}: each a difference of two terms of the row's scale, so
+// they are formed in f64 and rounded once.
 __device__ __forceinline__ float row_lse(const RowStats& r, float inv_t) {
-    return (float)((double)(r.st.m * inv_t) + r.ln_s);
+    return (float)((double)(r.st.m * inv_t) + r.ln_s_m);
 }
 __device__ __forceinline__ float row_entropy(const RowStats& r) {
-    return (float)(r.ln_s - (double)r.st.w / (double)r.st.s);
+    return (float)(r.ln_s - LN2 * (double)r.st.w / (double)r.st.s);
 }
 __device__ __forceinline__ float row_logp(const RowStats& r, float z_y, float inv_t) {
-    return (float)((double)((z_y - r.st.m) * inv_t) - r.ln_s);
+    return (float)((double)((z_y - r.st.m) * inv_t) - r.ln_s_m);
 }
 
 // Zeroes the top-p histograms once per CTA (later rows leave them zeroed); traps if the launch
@@ -484,6 +608,7 @@ __device__ __forceinline__ Hist* init_hist(unsigned char* dyn) {
     if (dyn_bytes < sizeof(Hist)) __trap();
     for (uint32_t i = threadIdx.x; i < FINE_WORDS; i += blockDim.x) h->fine[i] = 0;
     for (uint32_t b = threadIdx.x; b < NB; b += blockDim.x) h->cnt[b] = 0, h->mass[b] = 0;
+    for (uint32_t i = threadIdx.x; i < NB / 32; i += blockDim.x) h->touched[i] = 0;
     return h;
 }
 
@@ -494,17 +619,18 @@ struct PassParams {
     float prune_z;  // (ln((1-p)/V) - margin)·T <= 0 (TOPP only)
 };
 
-// The top-p count of a row whose pass gave `r` (not flagged): the fixed-point scale from S, the
+// The top-p count of a row whose pass gave `r` (not flagged): the fixed-point scale from s, the
 // integer target, then the count for the key width.
 template <typename E>
-__device__ uint32_t branch_count(const RowSplit<E>& rs, const RowStats& st, const PassParams& pp, float c, Hist& h,
-                                 Shared& sh) {
-    const int frac = 61 - ilogbf(st.st.s);  // S ≥ 1 (the max contributes 1): 2^frac·S < 2^62
-    const RowCtx r{st.st.m, c, st.st.m + pp.prune_z, __int_as_float((127 + frac) << 23)};
+__device__ uint32_t branch_count(const RowSplit<E>& rs, const RowStats& st, const PassParams& pp, float c,
+                                 uint32_t ncand, Hist& h, Shared& sh) {
+    // s > 1/2 (the max contributes 2^{rn(m·c − r)}, |m·c − r| ≤ half an ulp): 2^frac·s < 2^63.
+    const int frac = 61 - ilogbf(st.st.s);
+    const RowCtx r{st.st.m, c, st.st.m + pp.prune_z, ref(st.st.m, c), __int_as_float((127 + frac) << 23)};
     const unsigned long long target =
         (unsigned long long)ceil((double)pp.top_p * TARGET_SLACK * (double)st.st.s * ldexp(1.0, frac));
     if constexpr (Elem<E>::KEY_BITS == 16) {
-        return branch16<E>(rs, target, r, h, sh);
+        return branch16<E>(rs, target, r, ncand, h, sh);
     } else {
         return branch32(rs, target, r, h, sh);
     }
@@ -520,20 +646,24 @@ __device__ __forceinline__ uint32_t row_stats(const RowSplit<E>& rs, const PassP
     const float inv_t = pp.inv_t, c = inv_t * LOG2E;
     if (threadIdx.x == 0) sh.lb_key = key32(NEG_INF), sh.reread = 0, sh.list_len = 0;
     __syncthreads();
-    uint32_t bad;
-    Softmax st = pass1<E, TOPP>(rs, inv_t, c, pp.prune_z, bad, h, sh);
-    st = block_merge(st, c, inv_t, sh.red.sm);
+    uint32_t bad, ncand;
+    Softmax st = pass1<E, TOPP>(rs, c, pp.prune_z, bad, ncand, h, sh);
+    st = block_merge(st, c, sh.red.sm);
     bad = block_or(bad, sh.red.u);
     const uint32_t flag = bad ? ROW_NON_FINITE : (st.m == NEG_INF ? ROW_ALL_NEG_INF : 0u);
-    const RowStats r{st, log((double)st.s), flag};
+    const double ln_s = log((double)st.s);
+    const RowStats r{st, ln_s, ln_s - ((double)st.m * (double)c - (double)ref(st.m, c)) * LN2, flag};
     on_stats(r);
     uint32_t k = 0;
     if constexpr (TOPP) {
         if (flag) {
             clear_level(*h);
-            if (Elem<E>::KEY_BITS == 16) clear_fine(*h);
+            if (Elem<E>::KEY_BITS == 16) {
+                mark_touched(*h);
+                clear_touched(*h);
+            }
         } else {
-            k = branch_count<E>(rs, r, pp, c, *h, sh);
+            k = branch_count<E>(rs, r, pp, c, ncand, *h, sh);
         }
     }
     __syncthreads();  // sh.lb_key and the reductions' scratch are reused by the next row

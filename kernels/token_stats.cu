@@ -1,21 +1,24 @@
 // Fused per-row token statistics: lse, entropy, target log-prob and the exact top-p branch count
-// (Rollout Branching Factor), DESIGN.md §4-§5. One CTA of 1024 threads per row, rows in a 1-D
-// grid-stride loop (any N, 64-bit row offsets).
+// (Rollout Branching Factor), DESIGN.md §4-§5. One CTA of ROW_BLOCK = 512 threads per row, rows in
+// a 1-D grid-stride loop (any N, 64-bit row offsets): two CTAs per SM without top-p (one CTA's
+// per-row reductions overlap the other's streaming), one with top-p (its histogram fills the SM's
+// shared memory).
 //
 // Traffic budget per row of V elements of b bytes: read V·b once (16-byte loads), plus the target
-// id (4 B) and its logit (b); write lse, entropy, logp, flags (4 B each) and branch (4 B).
-// Top-p adds no traffic for bf16/f16 rows: a count per coarse bucket (the key's top 11 bits) and a
-// u16 count per 16-bit key live in shared memory, and the masses are computed from those counts
-// after the pass. For f32 (32-bit keys) the pass keeps the candidates' keys in shared memory
+// id (4 B, loaded before the pass) and its logit (b, after it: a line the pass has just read);
+// write lse, entropy, logp, flags (4 B each) and branch (4 B). Top-p adds no traffic for bf16/f16
+// rows: a u16 count per 16-bit key lives in shared memory, and the masses are computed from those
+// counts after the pass. For f32 (32-bit keys) the pass keeps the candidates' keys in shared memory
 // (32768 of them); a row with more candidates (flat rows) re-reads itself, in reverse order so
 // that it starts with the part most likely still in L2: once for the coarse level, once to gather
-// the crossing bucket (and twice more if even that does not fit). So do 16-bit rows with 65536
-// candidates in one coarse bucket, whose u16 counters may have wrapped. row_stats.cuh states the
-// algorithm and its error bound.
+// the crossing bucket (and twice more if even that does not fit). So do 16-bit rows whose u16
+// counters wrapped (65536 candidates of one value). row_stats.cuh states the algorithm and its
+// error bound.
 //
 // Reduction order (deterministic, same bits every run): per thread, elements in load order;
-// warps by xor butterfly; warps merged by warp 0 in index order. Histograms are integer atomics
-// (order-independent): counts, and masses as integers rn(2^frac·e^{(z - m)/T}) relative to the
+// the block max by xor butterflies; each thread's sums rescaled to it once, then summed by xor
+// butterflies in each warp and over the warps in index order. Histograms are integer atomics
+// (order-independent): counts, and masses as integers rn(2^frac·2^{rn(z·c − r)}) relative to the
 // row max. Scans walk buckets top-down in a fixed order with integer sums. The pruning of §5 (skip
 // x < m_running + ln((1-p)/V)) depends on timing through the running block max, but never changes
 // the result: every level counts only tokens above the final threshold m + ln((1-p)/V).
@@ -37,16 +40,18 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
     Hist* h = nullptr;
     if constexpr (TOPP) h = init_hist(dyn);
     const PassParams pp{inv_t, top_p, prune_z};
+    const bool want_logp = targets != nullptr && logp != nullptr;
     for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
         const RowSplit<E> rs(logits, row, vocab);
+        // Thread 0's target id, loaded before the pass and used after it: its latency is hidden.
+        const uint32_t y = threadIdx.x == 0 && want_logp ? targets[row] : 0u;
         const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
             if (threadIdx.x != 0) return;
             const float nan = __int_as_float(0x7fffffff);
             uint32_t f = r.flag;
             lse[row] = r.flag ? nan : row_lse(r, inv_t);
             entropy[row] = r.flag ? nan : row_entropy(r);
-            if (targets != nullptr && logp != nullptr) {
-                const uint32_t y = targets[row];
+            if (want_logp) {
                 float lp = nan;
                 if (y >= vocab) {
                     f |= ROW_BAD_TARGET;
@@ -68,16 +73,16 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
 //   outputs lse, entropy [n_rows]; logp [n_rows] or null (needs targets); flags [n_rows]
 //   (bit 1 NaN/+inf, bit 2 all -inf, bit 4 target >= vocab).
 //   Top-p kernels also take top_p in (0,1), prune_z = (ln((1-p)/V) - margin)·T (<= 0) and
-//   branch [n_rows]; they need sizeof(Hist) = 155648 bytes of dynamic shared memory and
-//   blockDim.x = 1024.
+//   branch [n_rows]; they need sizeof(Hist) = 155904 bytes of dynamic shared memory. Every
+//   variant runs blockDim.x = ROW_BLOCK (512) threads (src/cuda/context.rs).
 #define RLVR_TOKEN_STATS(NAME, E)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(BLOCK, 1)                                                            \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, 2)                                                        \
         token_stats_##NAME(const E* logits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, float inv_t,   \
                            float* lse, float* entropy, float* logp, uint32_t* flags) {                                \
         token_stats_rows<E, false>(logits, n_rows, vocab, targets, inv_t, 0.f, 0.f, lse, entropy, logp, nullptr,     \
                                    flags);                                                                            \
     }                                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(BLOCK, 1) token_stats_topp_##NAME(                                   \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, 1) token_stats_topp_##NAME(                               \
         const E* logits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, float inv_t, float top_p,           \
         float prune_z, float* lse, float* entropy, float* logp, uint32_t* branch, uint32_t* flags) {                  \
         token_stats_rows<E, true>(logits, n_rows, vocab, targets, inv_t, top_p, prune_z, lse, entropy, logp, branch,  \

@@ -134,7 +134,7 @@ if ((mutations)); then
     # name | file | sed expression (each must change the file)
     muts=(
         "a barrier guarding shared-memory reuse removed (block_reduce)|common.cuh|/^__device__ __forceinline__ T block_reduce/,/^}/{/^    v = scratch\[0\];$/{n;/__syncthreads();/d}}"
-        "a shuffle mask narrowed to 16 lanes (warp_merge)|common.cuh|s/__shfl_xor_sync(FULL_MASK, v.m, o)/__shfl_xor_sync(0x0000ffffu, v.m, o)/"
+        "a shuffle mask narrowed to 16 lanes (block_merge)|common.cuh|s/m = fmaxf(m, __shfl_xor_sync(FULL_MASK, m, o));/m = fmaxf(m, __shfl_xor_sync(0x0000ffffu, m, o));/"
         "a row offset shifted by one element (RowSplit)|common.cuh|s/row = logits + row_index \* (uint64_t)V;/row = logits + row_index * (uint64_t)V + 1;/"
         "the in-place fused kernel reading its rows through the read-only cache|grpo.cu|s/RowSplit<E> rs(src, row, vocab, !in_place);/RowSplit<E> rs(src, row, vocab);/"
     )

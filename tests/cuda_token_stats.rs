@@ -278,7 +278,7 @@ fn spec(kind: RowKind, rows: usize, vocab: usize, seed: u64) -> LogitsSpec {
 
 /// Every shape the kernel treats specially, in one test small enough for compute-sanitizer
 /// (`memcheck`, `racecheck`): all dtypes, top-p on and off, V = 1, odd V (unaligned rows),
-/// V > blockDim·VEC, the 16-bit re-read fallback (≥ 65536 tied tokens in one bucket) and the
+/// V > blockDim·VEC, the 16-bit re-read fallback (≥ 65536 tied tokens wrap a u16 counter) and the
 /// f32 path whose crossing bucket does not fit the shared-memory list.
 #[test]
 fn sanitizer_small_case() {
@@ -303,8 +303,9 @@ fn sanitizer_small_case() {
     slow_paths(&stream);
 }
 
-/// 70000 equal bf16 logits: one bucket with ≥ 65536 tokens, so its u16 counters may wrap and the
-/// kernel re-reads the row (k = ceil(0.95·70000) = 66500, or 66501 within the band). And 70000 distinct f32 values in one coarse
+/// 70000 equal bf16 logits: one key with 70000 tokens wraps its u16 counter (the counters sum to
+/// less than the candidates), so the kernel re-reads the row (k = ceil(0.95·70000) = 66500, or
+/// 66501 within the band). And 70000 distinct f32 values in one coarse
 /// bucket ([1, 1.25)): more than the 32768-key list, so f32 refines by re-reading the row.
 fn slow_paths(stream: &Arc<CudaStream>) {
     let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };

@@ -3,7 +3,8 @@
 //! row generators, shifted rows and small temperatures. It checks the algorithm: order-preserving
 //! keys; masses as integers rn(2^frac·e^{(z − m)/T}) relative to the row max with
 //! frac = 61 − ⌊log2 S⌋; the kept set z ≥ m + prune_z behind a pruning by any lower bound of the
-//! row max; u16 per-key counts with their carries and the re-read when a bucket may have wrapped;
+//! row max; u16 per-key counts with their carries and the re-read when they wrapped (they sum to
+//! less than the candidates);
 //! the f32 candidate list and its overflow to row passes; the 11/11/10-bit f32 levels; the tie
 //! rule. Both ways through each dtype (list or row, counters or re-read) must give the same
 //! integer sums, hence the same count: tested directly. The kernel source itself runs on the CPU
@@ -30,7 +31,6 @@ use rlvr_kernels::{reference, Element};
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const NB: usize = 2048;
 const LIST_CAP: usize = 32768;
-const HEAVY: u32 = 65536;
 const TARGET_SLACK: f64 = 1.0 - 1.0 / 524_288.0;
 
 /// The kernel's view of an element type: key width and key ↔ value.
@@ -186,13 +186,13 @@ fn model_branch_path<E: Keyed>(row: &[E], t: f32, top_p: f32, order: &[usize], p
     let target = (top_p as f64 * TARGET_SLACK * s as f64 * (frac as f64).exp2()).ceil() as u64;
     // Pass 1: the candidates, behind the running max.
     let mut m_run = f32::NEG_INFINITY;
-    let (mut raw, mut fine, mut list) = (vec![0u32; NB], vec![0u32; 32768], Vec::new());
+    let (mut candidates, mut fine, mut list) = (0u64, vec![0u32; 32768], Vec::new());
     for &i in order {
         m_run = m_run.max(z[i]);
         if z[i] >= m_run + prune_z && z[i] > f32::NEG_INFINITY {
             let k = row[i].key();
             if E::KEY_BITS == 16 {
-                raw[(k >> 5) as usize] += 1;
+                candidates += 1;
                 // Two u16 counters per u32 word: a wrap carries into the neighbour.
                 fine[(k >> 1) as usize] = fine[(k >> 1) as usize].wrapping_add(1 << ((k & 1) << 4));
             } else {
@@ -203,8 +203,11 @@ fn model_branch_path<E: Keyed>(row: &[E], t: f32, top_p: f32, order: &[usize], p
     let all = || row.iter().map(|x| (x.key(), x.to_f32()));
     if E::KEY_BITS == 16 {
         let fine16 = |k: u32| (fine[(k >> 1) as usize] >> ((k & 1) << 4)) & 0xffff;
-        let heavy = raw.iter().any(|&n| n >= HEAVY);
-        if !heavy && path == Path::Kernel {
+        // A wrap loses a multiple of 65536 from the counters' sum (a carry into the neighbour
+        // adds 1 back): they wrapped iff they sum to less than the candidates.
+        let counted: u64 = (0..65536u32).map(|k| fine16(k) as u64).sum();
+        let wrapped = counted != candidates;
+        if !wrapped && path == Path::Kernel {
             // Kept counts and exact masses from the per-key counts.
             let (mut cnt, mut mass) = (vec![0u32; NB], vec![0u64; NB]);
             for b in 0..NB {

@@ -20,8 +20,13 @@ const GRPO_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/grpo.fatbin"
 /// Fatbin of `kernels/sequence.cu`.
 const SEQUENCE_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sequence.fatbin"));
 
-/// Threads per CTA of every row kernel (one CTA per row; the kernels assume it).
+/// Threads per CTA of the top-p row kernels (one CTA per SM: their 152 KiB histogram), the
+/// sequence kernels and the f64 sums.
 pub(crate) const BLOCK: u32 = 1024;
+/// Threads per CTA of the row kernels without top-p: two CTAs per SM (`__launch_bounds__(512, 2)`
+/// in kernels/row_stats.cuh), so that one CTA's per-row work (reductions, thread 0's outputs, the
+/// first loads of its next row) overlaps the other's streaming.
+pub(crate) const ROW_BLOCK: u32 = 512;
 
 /// Which module (kernel file) a kernel lives in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,11 +50,13 @@ impl Module {
     }
 }
 
-/// A kernel by module and entry-point name, with the dynamic shared memory it launches with.
+/// A kernel by module and entry-point name, with its threads per CTA (the `__launch_bounds__` of
+/// its source) and the dynamic shared memory it launches with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Kernel {
     pub module: Module,
     pub name: &'static str,
+    pub block: u32,
     pub shared_bytes: u32,
 }
 
@@ -119,7 +126,7 @@ pub(crate) fn launch_for(stream: &Arc<CudaStream>, k: Kernel, rows: u64) -> Resu
         }
     };
     let grid = rows.min(loaded.max_grid as u64).max(1) as u32;
-    let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: k.shared_bytes };
+    let cfg = LaunchConfig { grid_dim: (grid, 1, 1), block_dim: (k.block, 1, 1), shared_mem_bytes: k.shared_bytes };
     Ok((loaded.func, cfg))
 }
 
@@ -147,14 +154,14 @@ fn load(ctx: &Arc<CudaContext>, modules: &mut HashMap<Module, Arc<CudaModule>>, 
         .map_err(cuda_err("set kernel shared memory size"))?;
     }
     let per_sm = func
-        .occupancy_max_active_blocks_per_multiprocessor(BLOCK, k.shared_bytes as usize, None)
+        .occupancy_max_active_blocks_per_multiprocessor(k.block, k.shared_bytes as usize, None)
         .map_err(cuda_err("kernel occupancy"))?;
     if per_sm == 0 {
         return Err(Error::Cuda {
             op: "kernel occupancy",
             msg: format!(
-                "{} cannot run {BLOCK} threads with {} B of shared memory on this device",
-                k.name, k.shared_bytes
+                "{} cannot run {} threads with {} B of shared memory on this device",
+                k.name, k.block, k.shared_bytes
             ),
         });
     }

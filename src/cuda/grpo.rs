@@ -30,7 +30,7 @@
 
 use std::sync::Arc;
 
-use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module};
+use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module, BLOCK, ROW_BLOCK};
 use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, PushKernelArg};
 use super::grpo_types::{loss_params, pass_params, Scratch, CHUNK};
 pub use super::grpo_types::{CudaGrpoForward, CudaGrpoInputs, CudaGrpoSaved, GradLoss};
@@ -149,7 +149,7 @@ fn launch_rows<E: Element + DeviceRepr>(
         (true, true) => ["grpo_fused_topp_f32", "grpo_fused_topp_bf16", "grpo_fused_topp_f16"],
     };
     let shared_bytes = if cfg.top_p.is_some() { TOP_P_SHARED_BYTES } else { 0 };
-    let k = Kernel { module: Module::Grpo, name: dtype_name(names, E::DTYPE), shared_bytes };
+    let k = Kernel { module: Module::Grpo, name: dtype_name(names, E::DTYPE), block: ROW_BLOCK, shared_bytes };
     let (func, lc) = launch_for(stream, k, out.rows() as u64)?;
     let (n_rows, v32, t32) = (out.rows() as u64, vocab as u32, inp.seq_len as u32);
     let (agg, lp, pp) = (AggParams::new(&cfg.aggregation), loss_params(cfg), pass_params(cfg, vocab));
@@ -207,7 +207,7 @@ fn launch_rows<E: Element + DeviceRepr>(
 /// loss = Σ contrib in a fixed order: chunk sums, then one CTA over the chunks.
 fn sum_loss(stream: &Arc<CudaStream>, n: usize, sc: &mut Scratch, loss: &mut CudaSlice<f32>) -> Result<()> {
     let chunks = n.div_ceil(CHUNK);
-    let k = Kernel { module: Module::Grpo, name: "sum_chunks_f64", shared_bytes: 0 };
+    let k = Kernel { module: Module::Grpo, name: "sum_chunks_f64", block: BLOCK, shared_bytes: 0 };
     let (func, lc) = launch_for(stream, k, chunks as u64)?;
     let (n64, chunk, c64) = (n as u64, CHUNK as u64, chunks as u64);
     let mut b = stream.launch_builder(&func);
@@ -215,7 +215,7 @@ fn sum_loss(stream: &Arc<CudaStream>, n: usize, sc: &mut Scratch, loss: &mut Cud
     // SAFETY: sum_chunks_f64(const f64* in, u64 n, u64 chunk, f64* out): in that order and type;
     // contrib holds n values, partial ceil(n / chunk).
     unsafe { b.launch(lc) }.map_err(cuda_err("launch sum_chunks_f64"))?;
-    let k = Kernel { module: Module::Grpo, name: "grpo_loss_final", shared_bytes: 0 };
+    let k = Kernel { module: Module::Grpo, name: "grpo_loss_final", block: BLOCK, shared_bytes: 0 };
     let (func, lc) = launch_for(stream, k, 1)?;
     let mut b = stream.launch_builder(&func);
     b.arg(&sc.partial).arg(&c64).arg(loss);
@@ -398,7 +398,8 @@ fn run_backward<E: Element + DeviceRepr>(
         return Ok(());
     }
     let name = dtype_name(["grpo_backward_f32", "grpo_backward_bf16", "grpo_backward_f16"], E::DTYPE);
-    let (func, lc) = launch_for(stream, Kernel { module: Module::Grpo, name, shared_bytes: 0 }, n as u64)?;
+    let (func, lc) =
+        launch_for(stream, Kernel { module: Module::Grpo, name, block: ROW_BLOCK, shared_bytes: 0 }, n as u64)?;
     let (n_rows, v32, inv_t, one, null) = (n as u64, vocab as u32, 1.0 / temperature, 1.0f32, 0u64);
     let mut b = stream.launch_builder(&func);
     match logits {

@@ -154,7 +154,7 @@ fn check_group_limit(group: usize) -> Result<()> {
 }
 
 fn seq_kernel(name: &'static str) -> Kernel {
-    Kernel { module: Module::Sequence, name, shared_bytes: 0 }
+    Kernel { module: Module::Sequence, name, block: BLOCK, shared_bytes: 0 }
 }
 
 /// `config::Aggregation` as the kernels' `AggParams` (common.cuh).

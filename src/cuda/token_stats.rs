@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module};
+use super::context::{cuda_err, dtype_name, launch_for, Kernel, Module, ROW_BLOCK};
 use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKernelArg, ValidAsZeroBits};
 use crate::config::TokenStatsConfig;
 use crate::element::{DType, Element};
@@ -22,9 +22,10 @@ pub const ROW_BAD_TARGET: u32 = 4;
 /// counts would allow more: 2^frac·S < 2^62 with frac chosen per row from S ≤ V).
 pub const MAX_TOP_P_VOCAB: usize = 1 << 22;
 
-/// Dynamic shared memory of the top-p kernels: `sizeof(Hist)` in token_stats.cu (2048 × u64
-/// mass + 2048 × u32 count + 32768 × u32 fine counters / key list). The kernel traps if given less.
-pub(crate) const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4;
+/// Dynamic shared memory of the top-p kernels: `sizeof(Hist)` in row_stats.cuh (2048 × u64
+/// mass + 2048 × u32 count + 32768 × u32 fine counters / key list + 64 × u32 touched-bucket bits).
+/// The kernel traps if given less.
+pub(crate) const TOP_P_SHARED_BYTES: u32 = 2048 * 8 + 2048 * 4 + 32768 * 4 + 64 * 4;
 
 /// How far below ln((1 − p)/V) a token must be to be skipped by the top-p histogram: margin
 /// for f32 rounding of the running max and the threshold (the rule itself is exact).
@@ -158,7 +159,7 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
     match cfg.top_p {
         None => {
             let name = dtype_name(["token_stats_f32", "token_stats_bf16", "token_stats_f16"], E::DTYPE);
-            let k = Kernel { module: Module::TokenStats, name, shared_bytes: 0 };
+            let k = Kernel { module: Module::TokenStats, name, block: ROW_BLOCK, shared_bytes: 0 };
             let (func, lc) = launch_for(stream, k, n_rows)?;
             let mut b = stream.launch_builder(&func);
             b.arg(logits).arg(&n_rows).arg(&v32);
@@ -180,7 +181,7 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
         }
         Some(p) => {
             let name = dtype_name(["token_stats_topp_f32", "token_stats_topp_bf16", "token_stats_topp_f16"], E::DTYPE);
-            let k = Kernel { module: Module::TokenStats, name, shared_bytes: TOP_P_SHARED_BYTES };
+            let k = Kernel { module: Module::TokenStats, name, block: ROW_BLOCK, shared_bytes: TOP_P_SHARED_BYTES };
             let (func, lc) = launch_for(stream, k, n_rows)?;
             let prune_z = prune_z(p, vocab, cfg.temperature);
             let branch = out.branch.as_mut().expect("checked: branch buffer present with top_p");
@@ -318,7 +319,8 @@ pub fn plain_read_into<E: Element + DeviceRepr>(
         return Ok(());
     }
     let name = dtype_name(["plain_read_f32", "plain_read_bf16", "plain_read_f16"], E::DTYPE);
-    let (func, lc) = launch_for(stream, Kernel { module: Module::PlainRead, name, shared_bytes: 0 }, n as u64)?;
+    let (func, lc) =
+        launch_for(stream, Kernel { module: Module::PlainRead, name, block: ROW_BLOCK, shared_bytes: 0 }, n as u64)?;
     let (n_rows, v32) = (n as u64, vocab as u32);
     let mut b = stream.launch_builder(&func);
     b.arg(logits).arg(&n_rows).arg(&v32).arg(out);
