@@ -138,6 +138,11 @@ if ((mutations)); then
         "a row offset shifted by one element (RowSplit)|common.cuh|s/row = logits + row_index \* (uint64_t)V;/row = logits + row_index * (uint64_t)V + 1;/"
         "the in-place fused kernel reading its rows through the read-only cache|grpo.cu|s/RowSplit<E> rs(src, row, vocab, !in_place);/RowSplit<E> rs(src, row, vocab);/"
     )
+    # A mutant's failing proptest cases would be saved into tests/*.proptest-regressions: keep the
+    # files as they are and put them back afterwards (those cases belong to the mutants).
+    saved=$out/regressions-before-mutations
+    rm -rf "$saved" && mkdir -p "$saved"
+    cp tests/*.proptest-regressions "$saved"/ 2>/dev/null || true
     i=0
     for m in "${muts[@]}"; do
         i=$((i + 1))
@@ -170,6 +175,9 @@ if ((mutations)); then
             say "mutation $i ($what): NOT CAUGHT (logs $logs/mutant$i.*)"
             failed=1
         fi
+    done
+    for f in tests/*.proptest-regressions; do
+        if [[ -f $saved/${f##*/} ]]; then cp "$saved/${f##*/}" "$f"; else rm -f "$f"; fi
     done
 fi
 

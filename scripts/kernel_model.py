@@ -40,7 +40,9 @@ import sys
 from collections import Counter, defaultdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KDIR = os.path.join(REPO, "kernels")
+# The kernels to model: kernels/ of this checkout, or RLVR_KERNEL_DIR (e.g. an older commit's, for a
+# before/after table: `git archive <commit> kernels | tar -x -C DIR`, RLVR_KERNEL_DIR=DIR/kernels).
+KDIR = os.path.abspath(os.environ.get("RLVR_KERNEL_DIR", os.path.join(REPO, "kernels")))
 
 # ---- Constants, each with its source ------------------------------------------------------------
 GPUS = {
@@ -71,6 +73,9 @@ COSTS = dict(
     # put the idle latency at several hundred cycles; 600 ns is our loaded estimate. It is the
     # model's least certain constant: gpu-check measures the plain read, which bounds it.
     dram_latency_s=600e-9,
+    # Latency of a load that hits L2: a few hundred cycles on Hopper in the same public
+    # microbenchmarks; 300 clocks (150 ns at 1.98 GHz).
+    l2_latency_s=150e-9,
     # A __syncthreads of 32 warps that arrive together: tens of cycles (arXiv 2402.13499 measures
     # barrier/sync latencies of this order); 40 clocks.
     barrier_clk=40,
@@ -83,9 +88,10 @@ COSTS = dict(
 SHAPE = dict(n=4096, v=151936)
 ANCHOR = dict(kernel="plain_read_bf16", gpu="H100", n=4096, v=152064, measured_ms=0.403, tolerance=0.15)
 BLOCK = 1024
+NB = 2048  # coarse buckets of the 16-bit top-p histogram (rows::NB)
 # Roles of the hot loops that re-read a row for the top-p count (row_stats.cuh: level_pass_row's
 # body is level_add; gather_f32's is list_append): they run on re-read rows only.
-REREAD_ROLES = {"level_pass_row", "level_add", "gather_f32", "list_append"}
+REREAD_ROLES = {"level_pass_row", "gather_f32"}
 
 # Trip counts per thread of the loops outside the hot loops, by the source function they sit in
 # (read from the kernel source; `None`: the loop runs once per CTA, not per row). Data-dependent
@@ -95,7 +101,12 @@ LOOP_TRIPS = {
     "clear_fine": 32768 // 4 // BLOCK,  # uint4 stores over the 16-bit counters
     "clear_level": 2048 // BLOCK,
     "block_crossing": 2,          # n/BLOCK items per thread (2048 buckets), twice (sum, find)
-    "branch16": "touched_buckets_per_thread",
+    # a warp per touched coarse bucket (before the redesign of issue 13, whose row_stats.cuh has
+    # no mark_touched: a thread per coarse bucket, see touched_buckets_per_thread)
+    "branch16": "touched_per_warp" if "mark_touched" in open(os.path.join(KDIR, "row_stats.cuh")).read()
+    else "touched_buckets_per_thread",
+    "clear_touched": "touched_per_warp",
+    "mark_touched": NB // 4 // 512,   # groups of 4 buckets per thread (512 threads)
     "exact_level": 1,
     "level_pass_list": "list_trips",
     "sum_chunks_f64": 1,
@@ -105,10 +116,12 @@ LOOP_TRIPS = {
 # COSTS.serial_clk_per_instr each, not at the SM's issue rate.
 SERIAL_FUNCS = {"token_loss", "kl_term", "token_outputs", "agg_weight", "back_coef", "token_stats_rows",
                 "row_lse", "row_entropy", "row_logp"}
-# Dependent DRAM round trips on a row's critical path outside the streaming loop, read from the
-# source: the row's first loads after the previous row's last barrier (1), and thread 0's
-# targets[row] -> logits[row, y] chain (2) where the kernel writes logp.
-DEP_LOADS = {"plain_read": 1, "token_stats": 3, "grpo": 3, "grpo_backward": 1}
+# Dependent round trips on a row's critical path outside the streaming loop, read from the source
+# (DRAM, L2): the row's first loads after the previous row's last barrier (1 DRAM); token_stats:
+# thread 0 loads targets[row] before the pass, then logits[row, y] after it, a line the pass has
+# just read (1 L2); grpo: thread 0's per-token inputs, prefetched to L2 before the pass, then
+# logits[row, y] (2 L2).
+DEP_LOADS = {"plain_read": (1, 0), "token_stats": (1, 1), "grpo": (1, 2), "grpo_backward": (1, 0)}
 
 
 def run(cmd, **kw):
@@ -138,7 +151,28 @@ def compile_all(out):
                  "-o", cubin, os.path.join(KDIR, f)])
         info.update(parse_ptxas(r.stdout + r.stderr, stem))
         sass.update(parse_sass(run([tool("nvdisasm"), "-gi", "-c", cubin]).stdout))
+        for name, block in parse_max_threads(run([tool("cuobjdump"), "-elf", cubin]).stdout).items():
+            info[name]["block"] = block
     return info, sass
+
+
+def parse_max_threads(text):
+    """Threads per CTA of each kernel: EIATTR_MAX_THREADS of its .nv.info section (the x of its
+    __launch_bounds__, which the host launches with: src/cuda/context.rs)."""
+    res, cur, want = {}, None, False
+    for line in text.splitlines():
+        m = re.match(r"\.nv\.info\.(\w+)", line.strip())
+        if m:
+            cur = m.group(1)
+            continue
+        if "EIATTR_MAX_THREADS" in line:
+            want = True
+            continue
+        m = re.search(r"Value:\s+0x([0-9a-f]+)", line)
+        if want and m and cur:
+            res[cur] = int(m.group(1), 16)
+            want = False
+    return res
 
 
 def parse_ptxas(text, stem):
@@ -147,7 +181,7 @@ def parse_ptxas(text, stem):
         m = re.search(r"Compiling entry function '(\w+)'", line)
         if m:
             cur = m.group(1)
-            res[cur] = dict(file=stem, regs=0, spill_st=0, spill_ld=0, smem=0, stack=0)
+            res[cur] = dict(file=stem, regs=0, spill_st=0, spill_ld=0, smem=0, stack=0, block=BLOCK)
             continue
         if cur is None:
             continue
@@ -283,12 +317,25 @@ def loops(fn):
     return res
 
 
+HOT_ROLES = ("pass1", "plain_read_rows", "backward_row", "level_pass_row", "gather_f32")
+
+
 def role_of(ins, lo, hi):
-    c = Counter()
+    """The role of a loop: the one of HOT_ROLES that most of its instructions are inlined from (the
+    innermost such function of each instruction's -gi chain), else the kernel-source function most
+    of its instructions come from."""
+    roles, c = Counter(), Counter()
     for i in ins[lo:hi + 1]:
+        for path, line in i.frames or ((i.file, i.line),):
+            f = enclosing_function(path, line)
+            if f in HOT_ROLES:
+                roles[f] += 1
+                break
         f = enclosing_function(i.file, i.line)
         if f and not (i.file or "").endswith("common.cuh"):
             c[f] += 1
+    if roles:
+        return roles.most_common(1)[0][0]
     return c.most_common(1)[0][0] if c else "?"
 
 
@@ -318,9 +365,12 @@ def analyse(name, fn):
     out = []
     for lo, hi in hot:
         in_hot.update(range(lo, hi + 1))
-        n_ldg = sum(1 for k in range(lo, hi + 1) if ins[k].op.startswith("LDG") and ".128" in ins[k].op)
+        # 16-byte loads per trip: distinct destination registers (a load whose path is chosen at run
+        # time, __ldg or __ldcg, is two predicated LDGs into the same registers).
+        n_ldg = len({re.sub(r"^@!?U?P\w+\s+", "", ins[k].text).split()[1] for k in range(lo, hi + 1)
+                     if ins[k].op.startswith("LDG") and ".128" in ins[k].op})
         # data-dependent regions: a forward branch inside the loop that skips a shared atomic/store
-        dep = set()
+        dep, nested = set(), set()
         n_regions = 0
         for k in range(lo, hi + 1):
             i = ins[k]
@@ -328,12 +378,16 @@ def analyse(name, fn):
                     and labels[i.target] > i.addr and labels[i.target] <= ins[hi].addr:
                 end = next(j for j in range(k, hi + 1) if ins[j].addr >= labels[i.target])
                 body = range(k + 1, end)
-                if any(ins[j].op.startswith(("ATOMS.ADD", "ATOMS.POPC", "STS")) for j in body):
+                if k in dep:  # a region inside a histogram region: its first-touch bookkeeping
+                    nested.update(body)
+                elif any(ins[j].op.startswith(("ATOMS.ADD", "ATOMS.POPC", "STS")) for j in body):
                     dep.update(body)
                     n_regions += 1
-        cnt = Counter(unit_of(ins[k].op) for k in range(lo, hi + 1) if k not in dep)
+        dep -= nested
+        cnt = Counter(unit_of(ins[k].op) for k in range(lo, hi + 1) if k not in dep and k not in nested)
         dcnt = Counter(unit_of(ins[k].op) for k in dep)
-        out.append(dict(role=role_of(ins, lo, hi), elems=n_ldg * vec, vectors=n_ldg, base=cnt, dep=dcnt,
+        ncnt = Counter(unit_of(ins[k].op) for k in nested)
+        out.append(dict(role=role_of(ins, lo, hi), elems=n_ldg * vec, vectors=n_ldg, base=cnt, dep=dcnt, nested=ncnt,
                         regions=n_regions, writes=any(ins[k].op.startswith("STG") and ".128" in ins[k].op
                                                       for k in range(lo, hi + 1))))
     # The rest: static count, loops outside hot loops by LOOP_TRIPS; the row loop (any loop that
@@ -404,8 +458,8 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
         m_final = max(z)
         prev_max = -math.inf
         cand = elem_any = elem_slots = vec_any = vec_slots = 0
-        conflict_sum = conflict_n = 0
-        buckets = set()
+        conflict_sum = conflict_n = first_regions = 0
+        buckets, words = set(), set()
         for s0 in range(0, v, step):
             seg = z[s0:s0 + step]
             # element e of the step: thread t = (e // vec) % BLOCK, warp = t // 32, slot = e % vec
@@ -435,6 +489,9 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
                                 conflict_sum += max(banks.values())
                                 conflict_n += 1
                                 buckets.update(keys[s0 + a] >> 5 for a in active)
+                                new = {keys[s0 + a] >> 1 for a in active} - words
+                                first_regions += bool(new)
+                                words |= new
             prev_max = max(prev_max, max(seg))
         kept = sum(1 for x in z if x >= m_final + prune)
         acc["cand_frac"] += cand / v / rows
@@ -443,6 +500,7 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
         acc["q_vec"] += vec_any / vec_slots / rows
         acc["conflict"] += (conflict_sum / conflict_n if conflict_n else 1.0) / rows
         acc["touched_buckets"] += len(buckets) / rows
+        acc["q_first"] += (first_regions / elem_any if elem_any else 0.0) / rows
         # f32: more than LIST_CAP candidates re-read the row (coarse level + gather of the crossing
         # bucket, row_stats.cuh branch32); 16-bit: never for these rows (no bucket near 65536).
         acc["reread_passes"] += (2.0 if dtype == "f32" and cand > 32768 else 0.0) / rows
@@ -451,6 +509,8 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
     # 8 trips): a warp runs the key loop of an iteration when any of its lanes' buckets was touched.
     p_warp = 1 - (1 - acc["touched_buckets"] / 2048) ** 32
     acc["touched_buckets_per_thread"] = 8 * 2 * p_warp
+    # branch16 / clear_touched since the redesign: one warp per touched bucket, 32 warps.
+    acc["touched_per_warp"] = acc["touched_buckets"] / 32
     return dict(acc)
 
 
@@ -500,8 +560,9 @@ def predict(name, k, a, gpu, wl, n, v):
     b = 4 if name.endswith("f32") else 2
     topp = "_topp_" in name
     fam = family(name)
-    dyn = 155648 if topp else 0  # sizeof(rows::Hist), launched by src/cuda/*.rs
-    ctas = occupancy(k, BLOCK, dyn)
+    dyn = 155904 if topp else 0  # sizeof(rows::Hist) = TOP_P_SHARED_BYTES in src/cuda/token_stats.rs
+    block = k["block"]
+    ctas = occupancy(k, block, dyn)
     if fam == "small" or not a["hot"] or ctas == 0:
         return dict(ctas=ctas, ms=None)
     elems = n * v
@@ -524,12 +585,19 @@ def predict(name, k, a, gpu, wl, n, v):
         q = 1.0
         if h["regions"] and wl:
             q = wl["q_elem"] if h["regions"] >= h["elems"] // 2 else wl["q_vec"]
-        instrs = sum(h["base"].values()) + q * sum(h["dep"].values())
-        issue += trips * instrs / SM["issue_per_clk"]
-        mufu += trips * (h["base"]["mufu"] + q * h["dep"]["mufu"]) * SM["mufu_clk_per_warp_instr"]
+        qn = q * (wl["q_first"] if wl else 1.0)  # nested regions: a warp's first touch of a counter word
+        cnt = Counter()
+        for unit, c in h["base"].items():
+            cnt[unit] += c
+        for unit, c in h["dep"].items():
+            cnt[unit] += q * c
+        for unit, c in h["nested"].items():
+            cnt[unit] += qn * c
+        issue += trips * sum(cnt.values()) / SM["issue_per_clk"]
+        mufu += trips * cnt["mufu"] * SM["mufu_clk_per_warp_instr"]
         conflict = wl["conflict"] if wl else 1.0
-        smem += trips * ((h["base"]["atoms"] + q * h["dep"]["atoms"] * conflict) * SM["smem_clk_per_warp_atomic"]
-                         + (h["base"]["smem"] + q * h["dep"]["smem"]) * SM["smem_clk_per_warp_access"])
+        atoms = h["base"]["atoms"] + (q * h["dep"]["atoms"] + qn * h["nested"]["atoms"]) * conflict
+        smem += trips * (atoms * SM["smem_clk_per_warp_atomic"] + cnt["smem"] * SM["smem_clk_per_warp_access"])
         if role == "backward_row":
             bytes_hbm += elems * b  # the write of dlogits
             if fam == "grpo":  # fused: the re-read hits L2 for the part read last (reuse distance)
@@ -555,15 +623,19 @@ def predict(name, k, a, gpu, wl, n, v):
             serial_instr += c * t
         else:
             block_instr += c * t
-    warps = BLOCK // 32
+    warps = block // 32
     row_clk = bars * COSTS["barrier_clk"] + block_instr * warps / SM["issue_per_clk"] \
         + serial_instr * COSTS["serial_clk_per_instr"]
-    t_row = DEP_LOADS[fam] * COSTS["dram_latency_s"] + row_clk / clk
+    dram, l2 = DEP_LOADS[fam]
+    t_row = dram * COSTS["dram_latency_s"] + l2 * COSTS["l2_latency_s"] + row_clk / clk
     rows_per_sm = math.ceil(n / (sms * ctas)) * ctas
     t_fixed = rows_per_sm * t_row / ctas
     t_stream = max(t_hbm, t_issue, t_mufu, t_smem)
     bound = ["hbm", "issue", "mufu", "smem"][[t_hbm, t_issue, t_mufu, t_smem].index(t_stream)]
-    per_elem = sum(sum(h["base"].values()) / h["elems"] for h in a["hot"] if h["role"] in ("pass1", "plain_read_rows"))
+    # Instructions per element of the passes every row makes (the statistics pass and/or the
+    # backward's), histogram regions included at their workload weight.
+    per_elem = sum((sum(h["base"].values()) + (wl["q_elem"] if wl else 1.0) * sum(h["dep"].values())) / h["elems"]
+                   for h in a["hot"] if h["role"] in ("pass1", "plain_read_rows", "backward_row"))
     return dict(ctas=ctas, ms=(t_stream + t_fixed) * 1e3, hbm_ms=t_hbm * 1e3, issue_ms=t_issue * 1e3,
                 mufu_ms=t_mufu * 1e3, smem_ms=t_smem * 1e3, fixed_ms=t_fixed * 1e3, row_us=t_row * 1e6,
                 bound=bound, passes=bytes_hbm / (elems * b), instr_per_elem=per_elem)
@@ -638,18 +710,23 @@ def main():
 
 
 def print_table(rows, wls, anc, md):
-    hdr = ["kernel", "rows", "GPU", "regs", "spill B", "smem B", "CTAs/SM", "instr/elem", "HBM passes",
-           "hbm ms", "issue ms", "mufu ms", "smem ms", "row µs", "fixed ms", "bound", "predicted ms"]
-    out = []
+    """One line per kernel (and row kind for top-p kernels): the compiler's numbers, the H100's
+    time components, and the predicted time on both GPUs. O(N) kernels are listed after."""
+    hdr = ["kernel", "rows", "threads", "regs", "spill B", "smem B", "CTAs/SM", "instr/elem", "HBM passes",
+           "hbm ms", "issue ms", "mufu ms", "smem ms", "row µs", "fixed ms", "bound", "H100 ms", "H200 ms"]
+    by = {(r[0], r[1], r[2]): r for r in rows}
+    out, small = [], []
     for name, kind, gpu, k, a, p in rows:
-        if p["ms"] is None:
-            out.append([name, kind, gpu, k["regs"], k["spill_st"] + k["spill_ld"], k["smem"], p["ctas"]]
-                       + ["—"] * 9 + ["O(N), not modelled"])
+        if gpu != "H100":
             continue
-        out.append([name, kind, gpu, k["regs"], k["spill_st"] + k["spill_ld"], k["smem"], p["ctas"],
+        if p["ms"] is None:
+            small.append(f"{name} ({k['block']} threads, {k['regs']} regs, {k['spill_st'] + k['spill_ld']} B spill)")
+            continue
+        h200 = by[(name, kind, "H200")][5]["ms"]
+        out.append([name, kind, k["block"], k["regs"], k["spill_st"] + k["spill_ld"], k["smem"], p["ctas"],
                     f"{p['instr_per_elem']:.1f}", f"{p['passes']:.2f}", f"{p['hbm_ms']:.3f}",
                     f"{p['issue_ms']:.3f}", f"{p['mufu_ms']:.3f}", f"{p['smem_ms']:.3f}", f"{p['row_us']:.2f}",
-                    f"{p['fixed_ms']:.3f}", p["bound"], f"{p['ms']:.3f}"])
+                    f"{p['fixed_ms']:.3f}", p["bound"], f"{p['ms']:.3f}", f"{h200:.3f}"])
     if md:
         print("| " + " | ".join(hdr) + " |")
         print("|" + "|".join("---" for _ in hdr) + "|")
@@ -659,6 +736,8 @@ def print_table(rows, wls, anc, md):
         w = [max(len(str(r[i])) for r in out + [hdr]) for i in range(len(hdr))]
         for r in [hdr] + out:
             print("  ".join(str(c).rjust(w[i]) if i else str(c).ljust(w[i]) for i, c in enumerate(r)))
+    print()
+    print("O(N) kernels (not modelled: a few µs each at N = 4096): " + ", ".join(small))
     print()
     print("workload (simulated rows of benches/common/rows.rs's distributions, top-p 0.95, T = 1):")
     for (kind, dt), wl in sorted(wls.items()):
