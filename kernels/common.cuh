@@ -19,16 +19,23 @@
 //   RLVR_DYNAMIC_SHARED(T, p)   declares `p`, the block's dynamic shared memory as T[]
 //   RLVR_PREFETCH_L2(p)         brings the line of global address p into L2 (host: nothing; a hint
 //                               only, so the simulator loses no check by skipping it)
+//   RLVR_PREFETCH_L2_BULK(p, n) brings n bytes from p (both multiples of 16) into L2 with one
+//                               bulk (TMA) prefetch, sm_90 (host: nothing, as above)
 #ifdef RLVR_KERNEL_SIM
 #define RLVR_EX2(y, x) ((y) = rlvr_sim::ex2_approx(x))
 #define RLVR_DYNAMIC_SMEM_SIZE(v) ((v) = rlvr_sim::dynamic_smem_size())
 #define RLVR_DYNAMIC_SHARED(T, p) T* const p = static_cast<T*>(rlvr_sim::dynamic_shared())
 #define RLVR_PREFETCH_L2(p) ((void)(p))
+#define RLVR_PREFETCH_L2_BULK(p, n) ((void)(p), (void)(n))
 #else
 #define RLVR_EX2(y, x) asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x))
 #define RLVR_DYNAMIC_SMEM_SIZE(v) asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v))
 #define RLVR_DYNAMIC_SHARED(T, p) extern __shared__ __align__(16) T p[]
 #define RLVR_PREFETCH_L2(p) asm volatile("prefetch.global.L2 [%0];" ::"l"(p))
+#define RLVR_PREFETCH_L2_BULK(p, n)                                                                                 \
+    asm volatile("{\n\t.reg .u64 g;\n\tcvta.to.global.u64 g, %0;\n\tcp.async.bulk.prefetch.L2.global [g], %1;\n\t}" ::"l"(p), \
+                 "r"(n)                                                                                               \
+                 : "memory")
 #endif
 
 namespace rlvr {
@@ -84,7 +91,11 @@ struct SharedWords {
     __device__ void add(uint32_t i, uint32_t v) const { atomicAdd(p + i, v); }
 #else
     uint32_t a;
-    __device__ explicit SharedWords(uint32_t* q) : a((uint32_t)__cvta_generic_to_shared(q)) {}
+    // The address goes through an opaque move: ptxas would otherwise re-derive the shared window
+    // base (S2UR of the CTA id, three uniform ops) at every use rather than keep it in a register.
+    __device__ explicit SharedWords(uint32_t* q) {
+        asm volatile("mov.b32 %0, %1;" : "=r"(a) : "r"((uint32_t)__cvta_generic_to_shared(q)));
+    }
     // p[i] += v, no result (a reduction: nothing to wait for).
     __device__ void add(uint32_t i, uint32_t v) const {
         asm volatile("red.shared.add.u32 [%0], %1;" ::"r"(a + 4u * i), "r"(v) : "memory");
@@ -207,32 +218,34 @@ template <typename E> struct RowSplit {
 
 // Visits every element of a row as 16-byte vectors: f(const uint4&) is called the same number of
 // times by every thread of the block (out-of-range slots get -inf padding), so `f` may use warp
-// collectives. U vectors are loaded before the first is used, to keep U loads in flight. Trips
-// whose U·blockDim vectors are all in the row load without bounds checks; only the last, partial
-// trip checks (and pads). `reverse` visits the row from its end: a re-read then starts with the
-// most recently read (most likely still in L2) part of the row.
+// collectives. Full trips load U vectors per thread, all in the row, before the first is used (U
+// loads in flight, no bounds checks); the rest of the row (< U·blockDim vectors) follows one
+// vector per thread per step, bounds-checked, so a row's last partial trip costs what it holds,
+// not a whole trip. `reverse` visits the row from its end: a re-read then starts with the most
+// recently read (most likely still in L2) part of the row.
 template <int U, typename E, typename F>
 __device__ __forceinline__ void for_each_vec(const RowSplit<E>& rs, bool reverse, F&& f) {
     const uint32_t tid = threadIdx.x, bd = blockDim.x, step = U * bd;
-    const uint32_t full = rs.nvec / step, iters = (rs.nvec + step - 1) / step;
-    auto trip = [&](uint32_t t, bool check) {
+    const uint32_t full = rs.nvec / step, done = full * step, rest = (rs.nvec - done + bd - 1) / bd;
+    auto trip = [&](uint32_t t) {
         const uint32_t base = t * step;
         uint4 r[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const uint32_t j = base + (uint32_t)u * bd + tid;
-            r[u] = (!check || j < rs.nvec) ? rs.vec(j) : neg_inf_vec<E>();
-        }
+        for (int u = 0; u < U; ++u) r[u] = rs.vec(base + (uint32_t)u * bd + tid);
 #pragma unroll
         for (int u = 0; u < U; ++u) f(r[reverse ? U - 1 - u : u]);
     };
+    auto one = [&](uint32_t k) {  // step k of the rest
+        const uint32_t j = done + k * bd + tid;
+        f(j < rs.nvec ? rs.vec(j) : neg_inf_vec<E>());
+    };
     if (!reverse) {
         f(rs.partial(tid));
-        for (uint32_t t = 0; t < full; ++t) trip(t, false);
-        if (full < iters) trip(full, true);
+        for (uint32_t t = 0; t < full; ++t) trip(t);
+        for (uint32_t k = 0; k < rest; ++k) one(k);
     } else {
-        if (full < iters) trip(full, true);
-        for (uint32_t t = full; t-- > 0;) trip(t, false);
+        for (uint32_t k = rest; k-- > 0;) one(k);
+        for (uint32_t t = full; t-- > 0;) trip(t);
         f(rs.partial(tid));
     }
 }

@@ -285,7 +285,10 @@ __device__ void grpo_rows(const E* logits, E* dlogits, uint64_t n_rows, uint32_t
             RLVR_PREFETCH_L2(io.adv + row);
             if (io.ref_logp != nullptr) RLVR_PREFETCH_L2(io.ref_logp + row);
         }
-        const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
+        // The forward kernel with top-p prefetches its next row during its per-row work; the fused
+        // one does not: its backward's re-read needs that L2 space.
+        const E* next = !BWD && row + gridDim.x < n_rows ? src + (row + gridDim.x) * (uint64_t)vocab : nullptr;
+        const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, next, [&](const RowStats& r) {
             if (threadIdx.x == 0) coef = token_outputs<E>(row, r, rs, vocab, io, agg, tot, lp, pp.inv_t, grad);
         });
         if (TOPP && threadIdx.x == 0) branch[row] = k;

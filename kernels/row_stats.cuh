@@ -29,9 +29,10 @@
 // timing-dependent running max (nor on which path a row took: both sum the same integers).
 //
 // Static performance model (scripts/kernel-model.sh): code between the markers
-// "(model: rare path from here)" and "(model: rare path ends)" runs only for rows that re-read
-// themselves (or for a thread's elements before its first finite one); the model costs it through
-// the re-read frequency of its simulated rows, not per row.
+// "(model: rare path from here: TAG)" and "(model: rare path ends)" runs only on some rows, which
+// the model costs through the frequency of TAG in its simulated rows, not per row: `wrapped` (the
+// 16-bit counters wrapped), `overflow` (the f32 candidates overflow the list), `overflow2` (the
+// f32 crossing bucket overflows it too), `first` (a thread's elements before its first finite one).
 #pragma once
 
 #include "common.cuh"
@@ -69,6 +70,7 @@ struct Shared {
     union {
         Softmax sm[32];
         uint32_t u[32];
+        long long ll[32];
     } red;
     unsigned long long wmass[32];
     uint32_t wcnt[32];
@@ -378,7 +380,12 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
     const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     long long lost = -(long long)ncand;  // Σ counters − Σ candidates, summed over the block
     mark_touched(h);
-    for (uint32_t wi = warp; wi < NB / 32; wi += nw) {
+    // Warp w owns the bitmap words [w·wpw, (w+1)·wpw): a contiguous range of buckets, whose
+    // totals it keeps (lane 0) for the crossing below.
+    const uint32_t wpw = (NB / 32 + nw - 1) / nw, w_lo = min(warp * wpw, NB / 32u), w_hi = min(w_lo + wpw, NB / 32u);
+    unsigned long long wmass = 0;
+    uint32_t wcnt = 0;
+    for (uint32_t wi = w_lo; wi < w_hi; ++wi) {
         uint32_t bits = h.touched[wi];
         while (bits != 0) {
             const uint32_t b = wi * 32 + (uint32_t)__ffs(bits) - 1;
@@ -395,14 +402,65 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
                 raw += __shfl_xor_sync(FULL_MASK, raw, o);
             }
             if (lane == 0) h.mass[b] = mass, h.cnt[b] = kc, lost += raw;
+            wmass += mass, wcnt += kc;
         }
     }
+    if (lane == 0) sh.wmass[warp] = wmass, sh.wcnt[warp] = wcnt;
     uint32_t result;
-    if (block_sum(lost, reinterpret_cast<long long*>(sh.wmass)) == 0) {
-        // Buckets without a bit hold stale entries: they read as empty.
-        const Crossing c = block_crossing(
-            NB, target, [&](int b) { return touched(h, (uint32_t)b) ? h.mass[b] : 0ull; },
-            [&](int b) { return touched(h, (uint32_t)b) ? h.cnt[b] : 0u; }, sh);
+    if (block_sum(lost, sh.red.ll) == 0) {  // (its barriers make every warp's totals visible)
+        // The crossing, top-down: warp 0 finds the warp range where the cumulative mass reaches
+        // the target, then that warp finds the bucket in its range. Buckets without a bit hold
+        // stale entries: they read as empty. The same integer sums as block_crossing.
+        if (warp == 0) {
+            const uint32_t w = nw - 1 - lane;  // lane 0: the highest range
+            const unsigned long long m = lane < nw ? sh.wmass[w] : 0ull;
+            const uint32_t c = lane < nw ? sh.wcnt[w] : 0u;
+            unsigned long long mi = m;
+            uint32_t ci = c;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
+                const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
+                if (lane >= (uint32_t)o) mi += mo, ci += co;
+            }
+            const uint32_t ball = __ballot_sync(FULL_MASK, mi >= target);
+            if (lane == 31) sh.res.total_count = ci;
+            if (ball == 0) {
+                if (lane == 0) sh.win = -1;
+            } else if (lane == (uint32_t)(__ffs(ball) - 1)) {
+                sh.win = (int)w, sh.res.mass_above = mi - m, sh.res.count_above = ci - c;
+            }
+        }
+        __syncthreads();
+        const int wx = sh.win;
+        if (wx >= 0 && warp == (uint32_t)wx) {
+            unsigned long long base = sh.res.mass_above;
+            uint32_t cbase = sh.res.count_above;
+            for (uint32_t wi = w_hi; wi-- > w_lo;) {  // warp-uniform
+                const uint32_t b = wi * 32 + 31 - lane, t = (h.touched[wi] >> (31 - lane)) & 1u;
+                const unsigned long long m = t ? h.mass[b] : 0ull;
+                const uint32_t c = t ? h.cnt[b] : 0u;
+                unsigned long long mi = m;
+                uint32_t ci = c;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
+                    const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
+                    if (lane >= (uint32_t)o) mi += mo, ci += co;
+                }
+                const uint32_t ball = __ballot_sync(FULL_MASK, base + mi >= target);
+                if (ball != 0) {
+                    if (lane == (uint32_t)(__ffs(ball) - 1)) {
+                        sh.res.idx = (int)b, sh.res.mass_above = base + mi - m, sh.res.count_above = cbase + ci - c;
+                    }
+                    break;
+                }
+                base += __shfl_sync(FULL_MASK, mi, 31), cbase += __shfl_sync(FULL_MASK, ci, 31);
+            }
+        }
+        __syncthreads();
+        const Crossing c{wx < 0 ? -1 : sh.res.idx, sh.res.count_above, sh.res.mass_above, sh.res.total_count};
+        __syncthreads();
         if (c.idx < 0) {
             result = c.total_count;
         } else if (h.cnt[c.idx] == 1) {
@@ -415,7 +473,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
             };
             result = c.count_above + exact_level32<E>(b1 << 5, target - c.mass_above, r, kept, sh);
         }
-    } else {  // (model: rare path from here)
+    } else {  // (model: rare path from here: wrapped)
         // A counter has wrapped: count the row again, level by level, with u32 counters.
         if (threadIdx.x == 0) sh.reread = 1;
         clear_level(h);
@@ -446,7 +504,7 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     if (!list && threadIdx.x == 0) sh.reread = 1;
     if (list) {
         level_pass_list<false>(len, 0u, 0u, 21, 0x7ff, r, h);
-    } else {  // (model: rare path from here)
+    } else {  // (model: rare path from here: overflow)
         level_pass_row<float, false>(rs, 0u, 0u, 21, 0x7ff, r, h);
     }  // (model: rare path ends)
     __syncthreads();
@@ -458,7 +516,7 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     const uint32_t b1 = (uint32_t)l1.c.idx;
     clear_level(h);
     if (!list) {  // gather the crossing bucket's kept keys: the list holds them if they fit
-        // (model: rare path from here)
+        // (model: rare path from here: overflow)
         if (threadIdx.x == 0) sh.list_len = 0;
         __syncthreads();
         gather_f32(rs, b1, r, h, sh);
@@ -468,7 +526,7 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
     }  // (model: rare path ends)
     if (list) {
         level_pass_list<false>(len, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
-    } else {  // (model: rare path from here)
+    } else {  // (model: rare path from here: overflow2)
         level_pass_row<float, false>(rs, 0xffe00000u, b1 << 21, 10, 0x7ff, r, h);
     }  // (model: rare path ends)
     __syncthreads();
@@ -480,7 +538,7 @@ __device__ inline uint32_t branch32(const RowSplit<float>& rs, unsigned long lon
         clear_level(h);
         if (list) {
             level_pass_list<true>(len, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
-        } else {  // (model: rare path from here)
+        } else {  // (model: rare path from here: overflow2)
             level_pass_row<float, true>(rs, 0xfffffc00u, prefix << 10, 0, 0x3ff, r, h);
         }  // (model: rare path ends)
         __syncthreads();
@@ -533,7 +591,7 @@ __device__ Softmax pass1(const RowSplit<E>& rs, float c, float prune_z, uint32_t
             }
             s = __fadd_rn(s, vs);
             w = __fadd_rn(w, vw);
-        } else {  // (model: rare path from here)
+        } else {  // (model: rare path from here: first)
 #pragma unroll
             for (int i = 0; i < VEC; ++i) nan_seen |= v[i] != v[i];
         }  // (model: rare path ends)
@@ -636,18 +694,37 @@ __device__ uint32_t branch_count(const RowSplit<E>& rs, const RowStats& st, cons
     }
 }
 
+// How much of its next row a top-p CTA asks L2 for as its pass ends (PREFETCH_CHUNK bytes per
+// request, by the first PREFETCH_BYTES / PREFETCH_CHUNK threads): the HBM then streams that part
+// while the CTA merges, scans its histogram and writes its outputs, work that the one CTA per SM
+// of a top-p kernel cannot otherwise overlap (~6 µs a row, ~150 KB of the SM's bandwidth share).
+constexpr uint32_t PREFETCH_CHUNK = 16384, PREFETCH_BYTES = 131072;
+
+// Bulk L2 prefetch of the first PREFETCH_BYTES of the row at `next` (nullptr: none) of `bytes`.
+__device__ __forceinline__ void prefetch_row(const void* next, uint64_t bytes) {
+    if (next == nullptr) return;
+    const uintptr_t lo = ((uintptr_t)next + 15) & ~(uintptr_t)15;  // 16-byte aligned inside the row
+    const uintptr_t end = ((uintptr_t)next + bytes) & ~(uintptr_t)15;
+    const uintptr_t a = lo + (uintptr_t)threadIdx.x * PREFETCH_CHUNK;
+    if (threadIdx.x < PREFETCH_BYTES / PREFETCH_CHUNK && a < end) {
+        const uint32_t n = (uint32_t)min((uintptr_t)PREFETCH_CHUNK, end - a);
+        RLVR_PREFETCH_L2_BULK(reinterpret_cast<const void*>(a), n);
+    }
+}
+
 // One row: the single pass and block merge, then `on_stats(RowStats)` (every thread; the kernel
 // writes its per-row outputs there), then, with TOPP, the exact branch count (0 for a flagged
 // row), returned to every thread. Ends with a barrier, so shared state may be reused by the next
-// row.
+// row. With TOPP, `next` (the CTA's next row, or nullptr) is prefetched to L2 after the pass.
 template <typename E, bool TOPP, typename OnStats>
 __device__ __forceinline__ uint32_t row_stats(const RowSplit<E>& rs, const PassParams& pp, Hist* h, Shared& sh,
-                                              OnStats&& on_stats) {
+                                              const E* next, OnStats&& on_stats) {
     const float inv_t = pp.inv_t, c = inv_t * LOG2E;
     if (threadIdx.x == 0) sh.lb_key = key32(NEG_INF), sh.reread = 0, sh.list_len = 0;
     __syncthreads();
     uint32_t bad, ncand;
     Softmax st = pass1<E, TOPP>(rs, c, pp.prune_z, bad, ncand, h, sh);
+    if constexpr (TOPP) prefetch_row(next, (uint64_t)rs.vocab * sizeof(E));
     st = block_merge(st, c, sh.red.sm);
     bad = block_or(bad, sh.red.u);
     const uint32_t flag = bad ? ROW_NON_FINITE : (st.m == NEG_INF ? ROW_ALL_NEG_INF : 0u);

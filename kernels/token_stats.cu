@@ -45,7 +45,8 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
         const RowSplit<E> rs(logits, row, vocab);
         // Thread 0's target id, loaded before the pass and used after it: its latency is hidden.
         const uint32_t y = threadIdx.x == 0 && want_logp ? targets[row] : 0u;
-        const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, [&](const RowStats& r) {
+        const E* next = row + gridDim.x < n_rows ? logits + (row + gridDim.x) * (uint64_t)vocab : nullptr;
+        const uint32_t k = row_stats<E, TOPP>(rs, pp, h, sh, next, [&](const RowStats& r) {
             if (threadIdx.x != 0) return;
             const float nan = __int_as_float(0x7fffffff);
             uint32_t f = r.flag;

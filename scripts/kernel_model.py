@@ -281,28 +281,48 @@ def hot_end(fn):
 
 
 _rare_cache = {}
-RARE_BEGIN, RARE_END = "(model: rare path from here)", "(model: rare path ends)"
+RARE_BEGIN, RARE_END = re.compile(r"\(model: rare path from here(?:: (\w+))?\)"), "(model: rare path ends)"
 
 
 def rare(frames):
-    """Whether an instruction (its inline chain) lies in a source region marked as a rare path:
-    the kernels mark the code of rows that re-read themselves with RARE_BEGIN / RARE_END comments.
-    Its cost is modelled by the re-read hot loops (weighted by how often the workload re-reads)."""
+    """The tag of the rare-path source region an instruction (its inline chain) lies in, or None:
+    the kernels mark code that runs only on some rows with "(model: rare path from here: TAG)" ...
+    "(model: rare path ends)" comments. Such code is not a per-row cost; its hot loops (re-reads)
+    are weighted by the frequency of TAG in the simulated rows (simulate())."""
     for path, line in frames:
         if path not in _rare_cache:
             ranges, start = [], None
             if path.startswith(KDIR) and os.path.exists(path):
                 with open(path) as fh:
                     for i, l in enumerate(fh, 1):
-                        if RARE_BEGIN in l:
-                            start = i
+                        m = RARE_BEGIN.search(l)
+                        if m:
+                            start = (i, m.group(1) or "rare")
                         elif RARE_END in l and start is not None:
-                            ranges.append((start, i))
+                            ranges.append((start[0], i, start[1]))
                             start = None
             _rare_cache[path] = ranges
-        if any(a <= line <= b for a, b in _rare_cache[path]):
-            return True
-    return False
+        for a, b, tag in _rare_cache[path]:
+            if a <= line <= b:
+                return tag
+    return None
+
+
+_tail_lines = None
+
+
+def in_tail_lambda(frames):
+    """Whether a load is for_each_vec's one-vector step (the `auto one = [&]` lambda of common.cuh)."""
+    global _tail_lines
+    if _tail_lines is None:
+        _tail_lines = (0, -1)
+        with open(os.path.join(KDIR, "common.cuh")) as fh:
+            lines = fh.read().split("\n")
+        for i, l in enumerate(lines, 1):
+            if "auto one = [&]" in l:
+                end = next(j for j in range(i, len(lines) + 1) if lines[j - 1].strip() == "};")
+                _tail_lines = (i, end)
+    return any(p.endswith("common.cuh") and _tail_lines[0] <= ln <= _tail_lines[1] for p, ln in frames)
 
 
 def loops(fn):
@@ -387,7 +407,12 @@ def analyse(name, fn):
         cnt = Counter(unit_of(ins[k].op) for k in range(lo, hi + 1) if k not in dep and k not in nested)
         dcnt = Counter(unit_of(ins[k].op) for k in dep)
         ncnt = Counter(unit_of(ins[k].op) for k in nested)
-        out.append(dict(role=role_of(ins, lo, hi), elems=n_ldg * vec, vectors=n_ldg, base=cnt, dep=dcnt, nested=ncnt,
+        tag = Counter(rare(ins[k].frames) for k in range(lo, hi + 1)).most_common(1)[0][0]
+        # for_each_vec's one-vector steps after the full trips (its `one` lambda, common.cuh)
+        tail = any(ins[k].op.startswith("LDG") and in_tail_lambda(ins[k].frames) for k in range(lo, hi + 1))
+        out.append(dict(role=role_of(ins, lo, hi), tag=tag, tail=tail, elems=n_ldg * vec, vectors=n_ldg, base=cnt,
+                        dep=dcnt,
+                        nested=ncnt,
                         regions=n_regions, writes=any(ins[k].op.startswith("STG") and ".128" in ins[k].op
                                                       for k in range(lo, hi + 1))))
     # The rest: static count, loops outside hot loops by LOOP_TRIPS; the row loop (any loop that
@@ -415,7 +440,14 @@ def analyse(name, fn):
         if i.op.startswith("BAR"):
             kind = "bar"
         rest[(kind, t if isinstance(t, str) else None)] += 1 if isinstance(t, str) else t
-    return dict(hot=out, rest=dict(rest), unknown=sorted(unknown))
+    # A bulk L2 prefetch of the next row (UBLKPF, row_stats.cuh's prefetch_row) on the per-row path:
+    # its bytes stream from HBM while the CTA does its per-row work.
+    prefetch = 0
+    if any(i.op.startswith("UBLKPF") and not rare(i.frames) for i in ins[:hot_end(fn)]):
+        with open(os.path.join(KDIR, "row_stats.cuh")) as fh:
+            m = re.search(r"PREFETCH_BYTES = (\d+)", fh.read())
+        prefetch = int(m.group(1)) if m else 0
+    return dict(hot=out, rest=dict(rest), unknown=sorted(unknown), prefetch=prefetch)
 
 
 # ---- Workload: the benchmark's rows, simulated ------------------------------------------------------
@@ -445,8 +477,9 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
     rng = random.Random(seed)
     prune = math.log(1 - top_p) - math.log(v) - 0.05  # src/cuda/token_stats.rs prune_z, T = 1
     vec = 4 if dtype == "f32" else 8
-    u = 2  # pass1 with TOPP loads 2 vectors per thread per step (for_each_vec<2>)
-    step = u * BLOCK * vec
+    u, blk = 4, 512  # pass 1: for_each_vec<4> on ROW_BLOCK = 512 threads
+    nw = blk // 32
+    step = u * blk * vec
     acc = defaultdict(float)
     for _ in range(rows):
         z = row_values(kind, v, rng)
@@ -464,10 +497,10 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
             seg = z[s0:s0 + step]
             # element e of the step: thread t = (e // vec) % BLOCK, warp = t // 32, slot = e % vec
             for ui in range(u):
-                for w in range(BLOCK // 32):
+                for w in range(blk // 32):
                     lanes = []
                     for lane in range(32):
-                        j = (ui * BLOCK + w * 32 + lane) * vec
+                        j = (ui * blk + w * 32 + lane) * vec
                         vals = seg[j:j + vec]
                         if not vals:
                             continue
@@ -503,14 +536,25 @@ def simulate(kind, dtype, v=SHAPE["v"], rows=3, top_p=0.95, seed=2508_07534):
         acc["q_first"] += (first_regions / elem_any if elem_any else 0.0) / rows
         # f32: more than LIST_CAP candidates re-read the row (coarse level + gather of the crossing
         # bucket, row_stats.cuh branch32); 16-bit: never for these rows (no bucket near 65536).
-        acc["reread_passes"] += (2.0 if dtype == "f32" and cand > 32768 else 0.0) / rows
-        acc["list_trips"] += min(cand, 32768) / BLOCK / rows
+        # Rows taking each rare path (row_stats.cuh's tags): f32 candidates beyond the list
+        # (`overflow`: a coarse level and a gather over the row), a crossing bucket beyond it too
+        # (`overflow2`: bounded by the fullest coarse bucket of kept tokens); 16-bit counters that
+        # wrap (`wrapped`: 65536 candidates of one value).
+        over = dtype == "f32" and cand > 32768  # the shared candidate list overflowed
+        acc["reread_passes"] += (2.0 if over else 0.0) / rows
+        if dtype == "f32":
+            acc["overflow"] += over / rows
+            kept_keys = Counter(struct.unpack("<I", struct.pack("<f", x))[0] >> 21 for x in z if x >= m_final + prune)
+            acc["overflow2"] += (over and max(kept_keys.values()) > 32768) / rows
+        else:
+            acc["wrapped"] += (max(Counter(keys).values()) >= 65536) / rows
+        acc["list_trips"] += min(cand, 32768) / blk / rows
     # branch16 (one thread per coarse bucket, 2 per thread, 32 keys each, a loop ptxas unrolls 4x:
     # 8 trips): a warp runs the key loop of an iteration when any of its lanes' buckets was touched.
     p_warp = 1 - (1 - acc["touched_buckets"] / 2048) ** 32
     acc["touched_buckets_per_thread"] = 8 * 2 * p_warp
-    # branch16 / clear_touched since the redesign: one warp per touched bucket, 32 warps.
-    acc["touched_per_warp"] = acc["touched_buckets"] / 32
+    # branch16 / clear_touched since the redesign: one warp per touched bucket, 16 warps.
+    acc["touched_per_warp"] = acc["touched_buckets"] / nw
     return dict(acc)
 
 
@@ -576,12 +620,29 @@ def predict(name, k, a, gpu, wl, n, v):
         if role in ("pass1", "plain_read_rows", "backward_row"):
             freq = 1.0
         elif role in REREAD_ROLES:
-            freq = wl.get("reread_passes", 0.0) / 2 if wl else 0.0  # each of the two re-read loops
+            freq = wl.get(h["tag"], 0.0) if wl else 0.0  # the share of rows that take this re-read
         else:
             freq = 1.0
         if freq == 0:
             continue
-        trips = elems / sms / 32 / h["elems"] * freq  # warp-trips per SM
+        # Trips per row of this loop (every warp of the CTA makes each trip), from the row's
+        # 16-byte vectors: a role's loop with the most loads per trip takes the full trips; a second
+        # loop of the same role (for_each_vec's one-vector steps) takes the rest of the row.
+        vec = h["elems"] // h["vectors"]
+        nvec = v // vec
+        # (Loops of a role with its most loads per trip are each a pass of their own, e.g. the two
+        # instantiations of level_pass_row; one with fewer is a tail.)
+        top = max(o["vectors"] for o in a["hot"] if o["role"] == role and not o["tail"])
+        tails = any(o["role"] == role and o["tail"] for o in a["hot"])
+        main = not h["tail"]
+        if main and not tails:
+            per_row = math.ceil(nvec / (h["vectors"] * block))
+        elif main:
+            per_row = nvec // (h["vectors"] * block)
+        else:  # a tail loop unrolled by ptxas makes `vectors` steps per trip
+            rest = nvec - (nvec // (top * block)) * top * block
+            per_row = math.ceil(rest / (h["vectors"] * block))
+        trips = n / sms * (block // 32) * per_row * freq  # warp-trips per SM
         q = 1.0
         if h["regions"] and wl:
             q = wl["q_elem"] if h["regions"] >= h["elems"] // 2 else wl["q_vec"]
@@ -598,6 +659,8 @@ def predict(name, k, a, gpu, wl, n, v):
         conflict = wl["conflict"] if wl else 1.0
         atoms = h["base"]["atoms"] + (q * h["dep"]["atoms"] + qn * h["nested"]["atoms"]) * conflict
         smem += trips * (atoms * SM["smem_clk_per_warp_atomic"] + cnt["smem"] * SM["smem_clk_per_warp_access"])
+        if not main:  # a pass's bytes are counted once, with its main loop
+            continue
         if role == "backward_row":
             bytes_hbm += elems * b  # the write of dlogits
             if fam == "grpo":  # fused: the re-read hits L2 for the part read last (reuse distance)
@@ -629,13 +692,20 @@ def predict(name, k, a, gpu, wl, n, v):
     dram, l2 = DEP_LOADS[fam]
     t_row = dram * COSTS["dram_latency_s"] + l2 * COSTS["l2_latency_s"] + row_clk / clk
     rows_per_sm = math.ceil(n / (sms * ctas)) * ctas
-    t_fixed = rows_per_sm * t_row / ctas
+    # The per-row work hides behind the next row's prefetch, as far as the SM's share of the HBM
+    # bandwidth fills the prefetched bytes in that time.
+    t_exposed = max(0.0, t_row - min(a["prefetch"], row_bytes) / (g["hbm_bps"] / sms))
+    t_fixed = rows_per_sm * t_exposed / ctas
     t_stream = max(t_hbm, t_issue, t_mufu, t_smem)
     bound = ["hbm", "issue", "mufu", "smem"][[t_hbm, t_issue, t_mufu, t_smem].index(t_stream)]
     # Instructions per element of the passes every row makes (the statistics pass and/or the
     # backward's), histogram regions included at their workload weight.
+    mains = {}
+    for h in a["hot"]:
+        if not h["tail"] and (h["role"] not in mains or h["vectors"] > mains[h["role"]]["vectors"]):
+            mains[h["role"]] = h
     per_elem = sum((sum(h["base"].values()) + (wl["q_elem"] if wl else 1.0) * sum(h["dep"].values())) / h["elems"]
-                   for h in a["hot"] if h["role"] in ("pass1", "plain_read_rows", "backward_row"))
+                   for r, h in mains.items() if r in ("pass1", "plain_read_rows", "backward_row"))
     return dict(ctas=ctas, ms=(t_stream + t_fixed) * 1e3, hbm_ms=t_hbm * 1e3, issue_ms=t_issue * 1e3,
                 mufu_ms=t_mufu * 1e3, smem_ms=t_smem * 1e3, fixed_ms=t_fixed * 1e3, row_us=t_row * 1e6,
                 bound=bound, passes=bytes_hbm / (elems * b), instr_per_elem=per_elem)
