@@ -63,7 +63,7 @@ pack() { # name path
 while read -r name path; do pack "$name" "$path"; done <<<"$tests"
 while read -r name path; do pack "bench_$name" "$path"; done <<<"$benches"
 while read -r name path; do pack "$name" "$path"; done <<<"$cli"
-cp scripts/gpu-check.sh .gpu/
+cp scripts/gpu-check.sh scripts/kernel-model.expected .gpu/
 du -b .gpu/* | awk '{printf "%10d  %s\n", $1, $2; t += $1} END {printf "%10d  total (%.1f MiB)\n", t, t / 1048576}'
 total=$(du -cb .gpu/* | tail -n 1 | cut -f1)
 ((total < 64 * 1048576)) || { echo "build-gpu-bundle: .gpu/ is over the 64 MiB a device call carries" >&2; exit 1; }

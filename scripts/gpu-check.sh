@@ -209,4 +209,14 @@ for name in "${benches[@]}"; do
     grep -hs "device memory in use\|composition failed" "$log"
     [[ -f $log ]] && sed -n '/^CUDA token statistics/,$p' "$log"
 done
+# The static model's predictions for this GPU, to put beside the measured rows above (BENCHMARKS.md:
+# explain every kernel more than 20% off).
+if [[ -f $here/kernel-model.expected ]]; then
+    gpu=H100
+    grep -qs "H200" "$out/device.txt" && gpu=H200
+    echo "== predicted by the static model (scripts/kernel-model.sh), $gpu, [4096, 151936], LM-like rows for top-p:"
+    awk -F'\t' -v g="$gpu" '$3 == g && ($2 == "lm" || $2 == "-") && $1 !~ /_f16$/ &&
+        $1 ~ /^(plain_read|token_stats|grpo_forward|grpo_fused|grpo_backward)_/ { printf "  %-26s %7.3f ms\n", $1, $4 }' \
+        "$here/kernel-model.expected"
+fi
 exit $failed
