@@ -8,7 +8,8 @@
 
 use proptest::prelude::*;
 
-const BLOCK: u32 = 1024;
+/// Threads per CTA of `backward_row` (ROW_BLOCK in kernels/common.cuh, src/cuda/context.rs).
+const BLOCK: u32 = 512;
 const U: u32 = 4;
 
 /// `RowSplit`: `mis` is the row's start address modulo 16 (a multiple of the element size).
