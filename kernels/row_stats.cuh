@@ -94,6 +94,18 @@ __device__ __forceinline__ unsigned long long unit(const RowCtx& r, float z) {
     return __float2ull_rn(ex2(__fmaf_rn(z, r.c, -r.r)) * r.two_frac);
 }
 
+// Inclusive scan over the lanes of a warp of (mass, count) pairs, in lane order (integer sums:
+// exact, any order gives the same result). The whole warp must call it.
+__device__ __forceinline__ void warp_inclusive_scan(unsigned long long& m, uint32_t& c) {
+    const uint32_t lane = threadIdx.x & 31;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long mo = __shfl_up_sync(FULL_MASK, m, o);
+        const uint32_t co = __shfl_up_sync(FULL_MASK, c, o);
+        if (lane >= (uint32_t)o) m += mo, c += co;
+    }
+}
+
 // The cumulative mass of buckets visited top-down (bucket n-1 first) reaches `target` first at
 // the returned bucket. Each thread scans a contiguous run of items; runs are combined by warp and
 // block scans in a fixed order (integer sums: exact); the first crossing item wins by atomicMin.
@@ -111,12 +123,7 @@ __device__ Crossing block_crossing(int n, unsigned long long target, MassF mass_
     }
     unsigned long long mi = msum;
     uint32_t ci = csum;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
-        const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
-        if (lane >= o) mi += mo, ci += co;
-    }
+    warp_inclusive_scan(mi, ci);
     unsigned long long mex = __shfl_up_sync(FULL_MASK, mi, 1);
     uint32_t cex = __shfl_up_sync(FULL_MASK, ci, 1);
     if (lane == 0) mex = 0, cex = 0;
@@ -126,12 +133,7 @@ __device__ Crossing block_crossing(int n, unsigned long long target, MassF mass_
     if (warp == 0) {
         unsigned long long m = lane < nw ? sh.wmass[lane] : 0;
         uint32_t c = lane < nw ? sh.wcnt[lane] : 0u;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const unsigned long long mo = __shfl_up_sync(FULL_MASK, m, o);
-            const uint32_t co = __shfl_up_sync(FULL_MASK, c, o);
-            if (lane >= o) m += mo, c += co;
-        }
+        warp_inclusive_scan(m, c);
         unsigned long long me = __shfl_up_sync(FULL_MASK, m, 1);
         uint32_t ce = __shfl_up_sync(FULL_MASK, c, 1);
         if (lane == 0) me = 0, ce = 0;
@@ -201,12 +203,7 @@ __device__ uint32_t exact_level32(uint32_t key_base, unsigned long long target, 
         const unsigned long long m = (unsigned long long)c * u;
         unsigned long long mi = m;
         uint32_t ci = c;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
-            const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
-            if (lane >= (uint32_t)o) mi += mo, ci += co;
-        }
+        warp_inclusive_scan(mi, ci);
         const uint32_t ball = __ballot_sync(FULL_MASK, mi >= target);
         const uint32_t total = __shfl_sync(FULL_MASK, ci, 31);
         if (ball == 0) {
@@ -417,12 +414,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
             const uint32_t c = lane < nw ? sh.wcnt[w] : 0u;
             unsigned long long mi = m;
             uint32_t ci = c;
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
-                const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
-                if (lane >= (uint32_t)o) mi += mo, ci += co;
-            }
+            warp_inclusive_scan(mi, ci);
             const uint32_t ball = __ballot_sync(FULL_MASK, mi >= target);
             if (lane == 31) sh.res.total_count = ci;
             if (ball == 0) {
@@ -442,12 +434,7 @@ __device__ uint32_t branch16(const RowSplit<E>& rs, unsigned long long target, c
                 const uint32_t c = t ? h.cnt[b] : 0u;
                 unsigned long long mi = m;
                 uint32_t ci = c;
-#pragma unroll
-                for (int o = 1; o < 32; o <<= 1) {
-                    const unsigned long long mo = __shfl_up_sync(FULL_MASK, mi, o);
-                    const uint32_t co = __shfl_up_sync(FULL_MASK, ci, o);
-                    if (lane >= (uint32_t)o) mi += mo, ci += co;
-                }
+                warp_inclusive_scan(mi, ci);
                 const uint32_t ball = __ballot_sync(FULL_MASK, base + mi >= target);
                 if (ball != 0) {
                     if (lane == (uint32_t)(__ffs(ball) - 1)) {
