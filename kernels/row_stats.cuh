@@ -319,9 +319,6 @@ __device__ inline Level level_crossing(unsigned long long target, const Hist& h,
     return Level{c, false, 0u};
 }
 
-// Whether coarse bucket b of a 16-bit row has a nonzero counter (pass 1 set its bit).
-__device__ __forceinline__ bool touched(const Hist& h, uint32_t b) { return (h.touched[b >> 5] >> (b & 31u)) & 1u; }
-
 // Zeroes the u16 counters of the touched buckets and the touched bits (a 16-bit row's whole
 // histogram state, at the cost of what the row touched). Barrier before (the counters are read
 // up to then) and after.
