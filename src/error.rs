@@ -160,6 +160,28 @@ pub enum Error {
         /// What went wrong.
         msg: String,
     },
+
+    /// A language-model file (GGUF) is missing, truncated, or not a model this crate can run.
+    #[error("model {path}: {msg}")]
+    Model {
+        /// The file.
+        path: String,
+        /// What is wrong, and what to do about it (e.g. the command that fetches the model).
+        msg: String,
+    },
+
+    /// A prompt (with what must be generated after it) does not fit the model's context.
+    #[error("prompt {index} has {len} tokens; with {new} new tokens it exceeds the context of {context}")]
+    PromptTooLong {
+        /// Which prompt.
+        index: usize,
+        /// Its length in tokens.
+        len: usize,
+        /// Tokens to generate after it.
+        new: usize,
+        /// The model's context length.
+        context: usize,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

@@ -20,6 +20,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod element;
 pub mod error;
+pub mod lm;
 pub mod metrics;
 pub mod naive;
 pub mod ops;
