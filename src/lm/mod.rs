@@ -4,4 +4,5 @@
 //! and the exploration analysis of arXiv 2508.07534 run on it with the fused ops.
 
 pub mod gguf;
+pub mod tiny;
 pub mod tokenizer;
