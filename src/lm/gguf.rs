@@ -53,7 +53,8 @@ impl Gguf {
     /// Opens and parses the header (metadata and tensor table) of a GGUF file. A missing file, a
     /// file that is not GGUF, or a truncated header is an [`Error::Model`].
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::Model { path: path.display().to_string(), msg: e.to_string() })?;
+        let file =
+            File::open(path).map_err(|e| Error::Model { path: path.display().to_string(), msg: e.to_string() })?;
         let len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| Error::Model {
@@ -169,7 +170,10 @@ impl Gguf {
         if !self.has_tensor(name) {
             return Err(self.bad(format!("tensor `{name}` is missing")));
         }
-        let q = self.content.tensor(&mut self.reader, name, device).map_err(|e| self.bad(format!("tensor `{name}`: {e}")))?;
+        let q = self
+            .content
+            .tensor(&mut self.reader, name, device)
+            .map_err(|e| self.bad(format!("tensor `{name}`: {e}")))?;
         let t = q.dequantize(device).map_err(|e| self.bad(format!("tensor `{name}`: {e}")))?;
         if t.dims() != dims {
             return Err(self.bad(format!("tensor `{name}` has shape {:?}, expected {dims:?}", t.dims())));

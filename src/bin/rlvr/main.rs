@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 a problem with the input data or the run, 2 a usage error (unknown
 //! flag, bad flag value). Every error is one line on stderr.
 
+mod analyze_cmd;
 mod bench;
 mod device;
 mod error;
@@ -44,6 +45,9 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// SFT then rejection-sampling fine-tuning with each RFT data-selection strategy.
     Rft(rft_cmd::RftArgs),
+    /// The exploration analysis on a real chat model (SmolLM2-135M): Pass@k, entropy, branching
+    /// factor and log-PPL of correct vs incorrect responses, RFT selections.
+    Analyze(analyze_cmd::AnalyzeArgs),
 }
 
 fn run(cli: &Cli) -> CliResult<()> {
@@ -53,6 +57,7 @@ fn run(cli: &Cli) -> CliResult<()> {
         Command::Bench(args) => bench::run(args, cli.quiet),
         Command::Train(args) => train_cmd::run(args, cli.quiet),
         Command::Rft(args) => rft_cmd::run(args, cli.quiet),
+        Command::Analyze(args) => analyze_cmd::run(args, cli.quiet),
     }
 }
 
