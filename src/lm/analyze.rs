@@ -52,12 +52,12 @@ pub struct AnalyzeConfig {
 }
 
 impl AnalyzeConfig {
-    /// The defaults: 48 two-digit additions, 16 samples each, ≤ 10 minutes on 2 cores.
+    /// The defaults: 40 one-digit additions, 16 samples each, ≤ 10 minutes on 2 cores.
     pub fn new(model: PathBuf) -> Self {
         Self {
             model,
-            task: TaskKind::Add2,
-            problems: 48,
+            task: TaskKind::default(),
+            problems: 40,
             samples: 16,
             max_new: 40,
             temperature: 1.0,
@@ -70,7 +70,7 @@ impl AnalyzeConfig {
 
     /// The same pipeline, smaller: under 2 minutes on 2 cores.
     pub fn quick(model: PathBuf) -> Self {
-        Self { problems: 8, samples: 16, max_new: 32, ..Self::new(model) }
+        Self { problems: 6, samples: 16, max_new: 32, ..Self::new(model) }
     }
 
     /// Checks the settings.
@@ -82,8 +82,13 @@ impl AnalyzeConfig {
         if self.bins == 0 {
             return bad("bins", 0, "must be >= 1");
         }
-        SampleSettings { max_new: self.max_new, temperature: self.temperature, batch: self.batch, ..Default::default() }
-            .validate()?;
+        SampleSettings {
+            max_new: self.max_new,
+            temperature: self.temperature,
+            batch: self.batch,
+            ..Default::default()
+        }
+        .validate()?;
         if self.problems == 0 || self.problems > self.task.distinct() {
             return bad("problems", self.problems, "must be >= 1 and at most the task's distinct problems");
         }
@@ -164,7 +169,7 @@ pub struct AnalyzeReport {
 
 /// One response, decoded and verified (a `"response"` line of `metrics.jsonl`).
 #[derive(Debug, Clone, Serialize)]
-struct ResponseRecord<'a> {
+struct ResponseRecord {
     problem: usize,
     text: String,
     correct: bool,
@@ -173,8 +178,6 @@ struct ResponseRecord<'a> {
     mean_entropy: f64,
     mean_branch: f64,
     log_ppl: Option<f32>,
-    #[serde(skip)]
-    _r: std::marker::PhantomData<&'a ()>,
 }
 
 /// Runs the analysis: loads the model, samples, verifies, computes and writes everything.
@@ -197,17 +200,11 @@ pub fn analyze_with(
     cfg.validate()?;
     let set = problems(cfg.task, cfg.problems, cfg.seed)?;
     let n = cfg.samples;
-    let prompts: Vec<Vec<u32>> = set
-        .iter()
-        .flat_map(|p| std::iter::repeat_n(tok.encode(&tok.chat_prompt(None, &p.question)), n))
-        .collect();
-    let settings = SampleSettings {
-        max_new: cfg.max_new,
-        temperature: cfg.temperature,
-        batch: cfg.batch,
-        ..Default::default()
-    };
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_0F_A11A);
+    let prompts: Vec<Vec<u32>> =
+        set.iter().flat_map(|p| std::iter::repeat_n(tok.encode(&tok.chat_prompt(None, &p.question)), n)).collect();
+    let settings =
+        SampleSettings { max_new: cfg.max_new, temperature: cfg.temperature, batch: cfg.batch, ..Default::default() };
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_A11A);
     let ts = Instant::now();
     progress.start("sampling (tokens)", (prompts.len() * cfg.max_new) as u64);
     let mut last = 0usize;
@@ -244,7 +241,13 @@ struct Padded {
 
 fn padded(responses: &[Response], r: usize) -> Padded {
     let b = responses.len();
-    let mut p = Padded { r, mask: vec![0.0; b * r], entropy: vec![0.0; b * r], branch: vec![0.0; b * r], logp: vec![0.0; b * r] };
+    let mut p = Padded {
+        r,
+        mask: vec![0.0; b * r],
+        entropy: vec![0.0; b * r],
+        branch: vec![0.0; b * r],
+        logp: vec![0.0; b * r],
+    };
     for (i, resp) in responses.iter().enumerate() {
         for t in 0..resp.tokens.len() {
             let at = i * r + t;
@@ -289,10 +292,8 @@ fn by_position(values: &[f32], p: &Padded, correct: &[bool], bins: usize) -> Res
 fn summarize(set: &[Problem], responses: &[Response], tok: &Tokenizer, cfg: &AnalyzeConfig) -> Result<AnalyzeReport> {
     let n = cfg.samples;
     let eos = tok.eos_id();
-    let correct: Vec<bool> = responses
-        .iter()
-        .map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, eos), r.finished))
-        .collect();
+    let correct: Vec<bool> =
+        responses.iter().map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, eos), r.finished)).collect();
     let correct_counts: Vec<usize> = correct.chunks(n).map(|c| c.iter().filter(|&&x| x).count()).collect();
     let ks: Vec<usize> = (1..=n).collect();
     let pass_at_k = pass_at_k_curve(&correct_counts, n, &ks)?;
@@ -409,7 +410,6 @@ fn write_outputs(
             mean_branch: mean(r.branch.iter().map(|&x| x as f64)),
             log_ppl: log_ppl[i],
             text,
-            _r: std::marker::PhantomData,
         };
         write_json(&mut log, "response", &rec)?;
     }
@@ -429,7 +429,7 @@ fn write_json(log: &mut MetricsLog, kind: &str, value: &impl Serialize) -> Resul
     if let serde_json::Value::Object(m) = &mut v {
         m.insert("kind".into(), kind.into());
     }
-    log.write(&Record::Config(&v))
+    log.write_value(&v)
 }
 
 const PANEL: (u32, u32) = (720, 440);
@@ -455,7 +455,12 @@ fn figures(
         title: format!("Pass@k, {} problems x {} samples", report.problems, report.samples),
         x_label: "k".into(),
         y_label: "Pass@k".into(),
-        series: vec![line("Pass@k", report.pass_at_k.iter().enumerate().map(|(i, &v)| ((i + 1) as f64, v)).collect(), 0, false)],
+        series: vec![line(
+            "Pass@k",
+            report.pass_at_k.iter().enumerate().map(|(i, &v)| ((i + 1) as f64, v)).collect(),
+            0,
+            false,
+        )],
         legend_low: true,
     };
     let path = dir.join("pass_at_k.png");
@@ -491,14 +496,19 @@ fn figures(
     // Distributions: sequence log-PPL and token entropy, correct vs incorrect, as the share of
     // responses (tokens) per bin.
     let n = cfg.samples;
-    let verdict: Vec<bool> = responses
-        .iter()
-        .map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, tok.eos_id()), r.finished))
-        .collect();
-    let ppl_c: Vec<f64> = log_ppl.iter().zip(&verdict).filter(|(_, &c)| c).filter_map(|(x, _)| x.map(f64::from)).collect();
-    let ppl_w: Vec<f64> = log_ppl.iter().zip(&verdict).filter(|(_, &c)| !c).filter_map(|(x, _)| x.map(f64::from)).collect();
+    let verdict: Vec<bool> =
+        responses.iter().map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, tok.eos_id()), r.finished)).collect();
+    let ppl_c: Vec<f64> =
+        log_ppl.iter().zip(&verdict).filter(|(_, &c)| c).filter_map(|(x, _)| x.map(f64::from)).collect();
+    let ppl_w: Vec<f64> =
+        log_ppl.iter().zip(&verdict).filter(|(_, &c)| !c).filter_map(|(x, _)| x.map(f64::from)).collect();
     let ent = |want: bool| -> Vec<f64> {
-        responses.iter().zip(&verdict).filter(|(_, &c)| c == want).flat_map(|(r, _)| r.entropy.iter().map(|&x| x as f64)).collect()
+        responses
+            .iter()
+            .zip(&verdict)
+            .filter(|(_, &c)| c == want)
+            .flat_map(|(r, _)| r.entropy.iter().map(|&x| x as f64))
+            .collect()
     };
     let (ent_c, ent_w) = (ent(true), ent(false));
     let hist_chart = |title: &str, x: &str, c: &[f64], w: &[f64]| {
@@ -507,7 +517,10 @@ fn figures(
             title: title.into(),
             x_label: x.into(),
             y_label: "share per bin".into(),
-            series: vec![line("correct", histogram(c, hi, 20), 2, false), line("incorrect", histogram(w, hi, 20), 3, true)],
+            series: vec![
+                line("correct", histogram(c, hi, 20), 2, false),
+                line("incorrect", histogram(w, hi, 20), 3, true),
+            ],
             legend_low: false,
         }
     };

@@ -87,6 +87,13 @@ impl MetricsLog {
         writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| io_error(&self.path, e))
     }
 
+    /// Writes any serializable object as one line (it should carry its own `"kind"` field) and
+    /// flushes it.
+    pub fn write_value(&mut self, value: &serde_json::Value) -> Result<()> {
+        let line = serde_json::to_string(value).map_err(|e| io_error(&self.path, e))?;
+        writeln!(self.out, "{line}").and_then(|_| self.out.flush()).map_err(|e| io_error(&self.path, e))
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -10,7 +10,7 @@ use rlvr_kernels::lm::task::TaskKind;
 
 use crate::error::{CliError, CliResult};
 use crate::table;
-use crate::train_cmd::{set, Bars};
+use crate::train_cmd::{set, tune_allocator, Bars};
 
 /// Flags of `rlvr analyze`.
 #[derive(Debug, clap::Args)]
@@ -21,10 +21,10 @@ pub struct AnalyzeArgs {
     /// The same pipeline with fewer problems: under 2 minutes on 2 cores.
     #[arg(long)]
     pub quick: bool,
-    /// Questions: add2 (a + b, two digits), add3 (a + b + c, one digit), mul (a * b, 2..12).
+    /// Questions: add1 (a + b, one digit), add2 (two digits), add3 (a + b + c, one digit), mul (a * b, 2..12) [default: add1].
     #[arg(long)]
     pub task: Option<String>,
-    /// Problems [default: 48, 8 with --quick].
+    /// Problems [default: 40, 6 with --quick].
     #[arg(long)]
     pub problems: Option<usize>,
     /// Responses per problem n (Pass@k for k = 1..n) [default: 16].
@@ -55,9 +55,10 @@ impl AnalyzeArgs {
     pub fn config(&self) -> CliResult<AnalyzeConfig> {
         let path = gguf::resolve(&self.model).map_err(CliError::runtime)?;
         let mut c = if self.quick { AnalyzeConfig::quick(path) } else { AnalyzeConfig::new(path) };
-        c.out_dir = self.out_dir.clone().unwrap_or_else(|| {
-            PathBuf::from(if self.quick { "runs/analyze-quick" } else { "runs/analyze" })
-        });
+        c.out_dir = self
+            .out_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(if self.quick { "runs/analyze-quick" } else { "runs/analyze" }));
         if let Some(t) = &self.task {
             c.task = TaskKind::parse(t)?;
         }
@@ -76,6 +77,8 @@ impl AnalyzeArgs {
 /// Runs `rlvr analyze`.
 pub fn run(args: &AnalyzeArgs, quiet: bool) -> CliResult<()> {
     let cfg = args.config()?;
+    // Not `tune_runtime`: at this model's size candle's own threads pay for themselves.
+    tune_allocator();
     let report = run_analyze(&cfg, &mut Bars::new(quiet)).map_err(CliError::runtime)?;
     print_report(&cfg, &report);
     Ok(())

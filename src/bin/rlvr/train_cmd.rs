@@ -277,18 +277,9 @@ impl train::Progress for Bars {
     }
 }
 
-/// Process-wide settings that make the training commands several times faster on a small
-/// CPU machine; call before any tensor work.
-///
-/// - glibc returns every freed block above its mmap threshold (≥ 128 KiB, growing to at most
-///   32 MiB) to the kernel, so each `[B, T, V]` temporary of every step was a fresh mmap whose
-///   pages the kernel zeroed on first touch: half the wall time was page faults. Raising the
-///   threshold to its maximum and never trimming keeps those blocks in the heap for reuse.
-/// - candle's CPU thread pool waits for its workers by spinning, without yielding: on a machine
-///   where other jobs hold the cores, the spin costs more than the extra worker gains (measured:
-///   a 50-step SFT run took 30 s with 2 threads, 21 s with 1). Our fused ops and candle's
-///   matmuls (gemm over rayon) still use every core. `CANDLE_NUM_THREADS` overrides this.
-pub fn tune_runtime() {
+/// glibc allocator thresholds for large, short-lived tensors: big blocks stay in the heap
+/// instead of an mmap/munmap pair (and its page faults) per tensor.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::raw::c_int;
@@ -304,6 +295,21 @@ pub fn tune_runtime() {
             mallopt(M_TRIM_THRESHOLD, c_int::MAX);
         }
     }
+}
+
+/// Process-wide settings that make the training commands several times faster on a small
+/// CPU machine; call before any tensor work.
+///
+/// - glibc returns every freed block above its mmap threshold (≥ 128 KiB, growing to at most
+///   32 MiB) to the kernel, so each `[B, T, V]` temporary of every step was a fresh mmap whose
+///   pages the kernel zeroed on first touch: half the wall time was page faults. Raising the
+///   threshold to its maximum and never trimming keeps those blocks in the heap for reuse.
+/// - candle's CPU thread pool waits for its workers by spinning, without yielding: on a machine
+///   where other jobs hold the cores, the spin costs more than the extra worker gains (measured:
+///   a 50-step SFT run took 30 s with 2 threads, 21 s with 1). Our fused ops and candle's
+///   matmuls (gemm over rayon) still use every core. `CANDLE_NUM_THREADS` overrides this.
+pub fn tune_runtime() {
+    tune_allocator();
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
