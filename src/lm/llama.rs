@@ -174,6 +174,7 @@ fn device_of(ts: &[Option<Tensor>]) -> Device {
 /// A llama model whose weights are candle variables (f32).
 pub struct Llama {
     varmap: VarMap,
+    trainable: Trainable,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -186,6 +187,37 @@ pub struct Llama {
 impl std::fmt::Debug for Llama {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Llama").field("cfg", &self.cfg).field("device", &self.device).finish_non_exhaustive()
+    }
+}
+
+/// Which weights train: the last `blocks` transformer blocks (with the final norm) and, when
+/// `embedding`, the tied embedding/head. The others are constants: no gradient is computed for
+/// them, and the forward below the lowest trainable weight runs candle's fused kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trainable {
+    /// Trainable blocks, counted from the top.
+    pub blocks: usize,
+    /// Train the tied token embedding / output head.
+    pub embedding: bool,
+}
+
+impl Trainable {
+    /// Every weight.
+    pub const ALL: Self = Self { blocks: usize::MAX, embedding: true };
+
+    fn block(&self, i: usize, layers: usize) -> bool {
+        i + self.blocks.min(layers) >= layers
+    }
+
+    fn name(&self, name: &str, layers: usize) -> bool {
+        if name.starts_with("token_embd") {
+            return self.embedding;
+        }
+        if name.starts_with("output_norm") {
+            return self.blocks > 0;
+        }
+        let block = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok());
+        block.is_some_and(|i| self.block(i, layers))
     }
 }
 
@@ -238,13 +270,38 @@ impl Llama {
 
     fn from_weights(cfg: LlamaConfig, weights: Vec<(String, Tensor)>, device: &Device) -> Result<Self> {
         let varmap = VarMap::new();
-        let mut get = std::collections::HashMap::new();
         {
             let mut data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
             for (name, t) in weights {
-                let var = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
-                get.insert(name.clone(), var.as_tensor().clone());
-                data.insert(name, var);
+                data.insert(name, Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+            }
+        }
+        Self::build(cfg, varmap, Trainable::ALL, device)
+    }
+
+    /// Makes only `trainable` weights variables of the forward (see [`Trainable`]); the values
+    /// are kept. [`Llama::vars`] then returns those only.
+    pub fn set_trainable(&mut self, trainable: Trainable) -> Result<()> {
+        if trainable.blocks == 0 && !trainable.embedding {
+            return Err(Error::InvalidConfig { name: "train_blocks", value: "0".into(), why: "nothing would train" });
+        }
+        let varmap = std::mem::replace(&mut self.varmap, VarMap::new());
+        *self = Self::build(self.cfg, varmap, trainable, &self.device.clone())?;
+        Ok(())
+    }
+
+    /// Which weights train.
+    pub fn trainable(&self) -> Trainable {
+        self.trainable
+    }
+
+    fn build(cfg: LlamaConfig, varmap: VarMap, trainable: Trainable, device: &Device) -> Result<Self> {
+        let mut get = std::collections::HashMap::new();
+        {
+            let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, var) in data.iter() {
+                let t = var.as_tensor();
+                get.insert(name.clone(), if trainable.name(name, cfg.layers) { t.clone() } else { t.detach() });
             }
         }
         let take = |name: &str| -> Result<Tensor> {
@@ -277,6 +334,7 @@ impl Llama {
             cos,
             sin,
             varmap,
+            trainable,
             cfg,
             device: device.clone(),
         })
@@ -298,12 +356,13 @@ impl Llama {
 
     /// The trainable variables (for an optimizer), in name order.
     pub fn vars(&self) -> Vec<Var> {
-        self.sorted_vars().into_iter().map(|(_, v)| v).collect()
+        let layers = self.cfg.layers;
+        self.sorted_vars().into_iter().filter(|(n, _)| self.trainable.name(n, layers)).map(|(_, v)| v).collect()
     }
 
-    /// The variables whose GGUF name passes `keep` (e.g. only the last blocks), in name order.
-    pub fn vars_where(&self, keep: impl Fn(&str) -> bool) -> Vec<Var> {
-        self.sorted_vars().into_iter().filter(|(n, _)| keep(n)).map(|(_, v)| v).collect()
+    /// Parameters in the trainable variables.
+    pub fn trainable_params(&self) -> usize {
+        self.vars().iter().map(|v| v.elem_count()).sum()
     }
 
     /// The model's shape.
@@ -323,10 +382,14 @@ impl Llama {
         let (b, t) = tokens.dims2()?;
         self.check_batch(b, t, start, 0)?;
         let mut x = self.embed_tokens(tokens)?;
-        let ctx = Ctx::new(self, start, 0, t, differentiable)?;
-        for block in &self.blocks {
+        let mut ctx = Ctx::new(self, start, 0, t, false)?;
+        let layers = self.cfg.layers;
+        for (i, block) in self.blocks.iter().enumerate() {
+            // Below the lowest trainable weight nothing needs a gradient: fused kernels there.
+            ctx.differentiable = differentiable && (self.trainable.embedding || self.trainable.block(i, layers));
             x = self.block(block, &x, &ctx, None)?;
         }
+        ctx.differentiable = differentiable;
         Ok(ctx.rms_norm(&x, &self.norm, self.cfg.rms_eps)?)
     }
 

@@ -9,11 +9,13 @@
 //! - [`generate`]: batched sampling with per-token statistics from the fused token-stats op;
 //! - [`task`]: arithmetic questions with an exact verifier;
 //! - [`analyze`]: `rlvr analyze`, the paper's exploration analysis;
+//! - [`grpo`]: `rlvr train --model`, GRPO on the real model with the fused ops;
 //! - [`tiny`]: a tiny llama GGUF written on the fly, for tests.
 
 pub mod analyze;
 pub mod generate;
 pub mod gguf;
+pub mod grpo;
 pub mod llama;
 pub mod task;
 pub mod tiny;

@@ -17,6 +17,7 @@ mod rft_cmd;
 mod stats;
 mod table;
 mod train_cmd;
+mod train_lm;
 
 use clap::{Parser, Subcommand};
 

@@ -141,7 +141,7 @@ pub fn set<T>(slot: &mut T, flag: Option<T>) {
 }
 
 #[cfg(feature = "cuda")]
-fn candle_device(d: Device) -> CliResult<candle_core::Device> {
+pub fn candle_device(d: Device) -> CliResult<candle_core::Device> {
     match d {
         Device::Cpu => Ok(candle_core::Device::Cpu),
         Device::Cuda => candle_core::Device::new_cuda(0).map_err(|e| CliError::runtime(format!("cuda device 0: {e}"))),
@@ -149,7 +149,7 @@ fn candle_device(d: Device) -> CliResult<candle_core::Device> {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn candle_device(_d: Device) -> CliResult<candle_core::Device> {
+pub fn candle_device(_d: Device) -> CliResult<candle_core::Device> {
     // `check_available` has already rejected `--device cuda` in this build.
     Ok(candle_core::Device::Cpu)
 }
@@ -201,9 +201,26 @@ pub struct TrainArgs {
     /// KL coefficient to the SFT model (0 = off; the KL is reported either way).
     #[arg(long, allow_negative_numbers = true)]
     pub kl_coef: Option<f32>,
-    /// Advantage shapings to compare, comma-separated (each starts from the same SFT model).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    /// Advantage shapings to compare, comma-separated (each starts from the same SFT model)
+    /// [default: all; with --model one shaping, default none].
+    #[arg(long, value_enum, value_delimiter = ',')]
     pub shaping: Vec<ShapingArg>,
+    /// GRPO on a real chat model instead of the toy: `smollm2` (SmolLM2-135M-Instruct, fetched by
+    /// `bash scripts/fetch-model.sh`) or a llama .gguf path. No SFT; the toy's model flags do not apply.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model: questions (add1, add2, add3, mul) [default: add1].
+    #[arg(long)]
+    pub task: Option<String>,
+    /// With --model: trainable transformer blocks, counted from the top [default: all; 2 with --quick].
+    #[arg(long)]
+    pub train_blocks: Option<usize>,
+    /// With --model: train the tied token embedding / output head too.
+    #[arg(long)]
+    pub train_embedding: bool,
+    /// With --model: most tokens per response [default: 32].
+    #[arg(long)]
+    pub max_new: Option<usize>,
 }
 
 impl TrainArgs {
@@ -220,13 +237,13 @@ impl TrainArgs {
         set(&mut cfg.grpo.clip_low, self.clip_low);
         set(&mut cfg.grpo.clip_high, self.clip_high);
         set(&mut cfg.kl_coef, self.kl_coef);
-        cfg.shapings = shapings(&self.shaping);
+        cfg.shapings = if self.shaping.is_empty() { ShapingKind::ALL.to_vec() } else { shapings(&self.shaping) };
         cfg.validate()?;
         Ok(cfg)
     }
 }
 
-fn shapings(args: &[ShapingArg]) -> Vec<ShapingKind> {
+pub fn shapings(args: &[ShapingArg]) -> Vec<ShapingKind> {
     let mut out = Vec::new();
     for a in args {
         let add: &[ShapingKind] = match a {
@@ -317,6 +334,19 @@ pub fn tune_runtime() {
 
 /// Runs `rlvr train`.
 pub fn run(args: &TrainArgs, quiet: bool) -> CliResult<()> {
+    if args.model.is_some() {
+        return crate::train_lm::run(args, quiet);
+    }
+    for (flag, given) in [
+        ("--task", args.task.is_some()),
+        ("--train-blocks", args.train_blocks.is_some()),
+        ("--train-embedding", args.train_embedding),
+        ("--max-new", args.max_new.is_some()),
+    ] {
+        if given {
+            return Err(CliError::usage(format!("{flag} applies to a real model only (with --model)")));
+        }
+    }
     let cfg = args.config()?;
     tune_runtime();
     let report = train::run_train(&cfg, &mut Bars::new(quiet)).map_err(CliError::runtime)?;
