@@ -26,7 +26,9 @@ use super::task::{is_correct, problems, Problem, TaskKind};
 use super::tokenizer::Tokenizer;
 use crate::config::{AdvantageConfig, GrpoConfig, KlEstimator, KlPenalty, TokenStatsConfig};
 use crate::error::{Error, Result};
-use crate::metrics::{entropy_by_position, masked_mean, mean_by_correctness, pass_at_k_curve, sequence_means, unsolvable};
+use crate::metrics::{
+    entropy_by_position, masked_mean, mean_by_correctness, pass_at_k_curve, sequence_means, unsolvable,
+};
 use crate::ops::{self, GrpoLossInputs, GrpoLossOutput};
 use crate::train::eval::{overlaps, EvalResult, OverlapRecord};
 use crate::train::figures;
@@ -172,8 +174,13 @@ impl LmTrainConfig {
         if self.bins == 0 {
             return bad("bins", "0".into(), "must be >= 1");
         }
-        SampleSettings { max_new: self.max_new, temperature: self.temperature, batch: self.batch, ..Default::default() }
-            .validate()?;
+        SampleSettings {
+            max_new: self.max_new,
+            temperature: self.temperature,
+            batch: self.batch,
+            ..Default::default()
+        }
+        .validate()?;
         self.loss_config().validate()
     }
 }
@@ -202,14 +209,13 @@ pub fn run_lm_train(cfg: &LmTrainConfig, progress: &mut dyn Progress) -> Result<
     cfg.validate()?;
     let start = Instant::now();
     let (mut model, tok) = super::load(&cfg.model, &cfg.device)?;
-    model.set_trainable(cfg.trainable)?;
-    train_with(model, &tok, cfg, progress, start)
+    train_with(&mut model, &tok, cfg, progress, start)
 }
 
 /// [`run_lm_train`] with a model already loaded (tests use a tiny one); `model`'s trainable set
-/// is replaced by `cfg.trainable`.
+/// is replaced by `cfg.trainable`, and it is trained in place.
 pub fn train_with(
-    mut model: Llama,
+    model: &mut Llama,
     tok: &Tokenizer,
     cfg: &LmTrainConfig,
     progress: &mut dyn Progress,
@@ -231,11 +237,12 @@ pub fn train_with(
     // The task's problems, shuffled once: the first `eval_problems` are held out.
     let all = problems(cfg.task, cfg.task.distinct(), cfg.seed)?;
     let (held_out, train) = all.split_at(cfg.eval_problems);
-    let mut evals = vec![evaluate("base", &model, tok, held_out, cfg, progress)?];
+    let model: &Llama = model;
+    let mut evals = vec![evaluate("base", model, tok, held_out, cfg, progress)?];
     log.write(&Record::Eval(&evals[0]))?;
     let reference = model.deep_copy()?;
     let params = ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..Default::default() };
-    let mut trainer = Trainer { opt: AdamW::new(model.vars(), params)?, model: &model, reference: &reference, tok, cfg };
+    let mut trainer = Trainer { opt: AdamW::new(model.vars(), params)?, model, reference: &reference, tok, cfg };
     let mut order: Vec<usize> = (0..train.len()).collect();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x6770_0000);
     order.shuffle(&mut rng);
@@ -251,7 +258,7 @@ pub fn train_with(
     }
     progress.finish();
     let name = format!("grpo-{}", cfg.shaping.name());
-    evals.push(evaluate(&name, &model, tok, held_out, cfg, progress)?);
+    evals.push(evaluate(&name, model, tok, held_out, cfg, progress)?);
     log.write(&Record::Eval(&evals[1]))?;
     let overlaps = overlaps(&evals);
     for o in &overlaps {
@@ -301,7 +308,10 @@ pub struct Rollouts {
 
 impl std::fmt::Debug for Rollouts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rollouts").field("rows", &self.rewards.len()).field("width", &self.width).finish_non_exhaustive()
+        f.debug_struct("Rollouts")
+            .field("rows", &self.rewards.len())
+            .field("width", &self.width)
+            .finish_non_exhaustive()
     }
 }
 
@@ -318,8 +328,14 @@ impl Rollouts {
         rng: &mut StdRng,
     ) -> Result<Self> {
         let problems: Vec<usize> = ids.iter().flat_map(|&i| std::iter::repeat_n(i, per_problem)).collect();
-        let prompts: Vec<Vec<u32>> = problems.iter().map(|&i| tok.encode(&tok.chat_prompt(None, &set[i].question))).collect();
-        let s = SampleSettings { max_new: cfg.max_new, temperature: cfg.temperature, batch: cfg.batch, ..Default::default() };
+        let prompts: Vec<Vec<u32>> =
+            problems.iter().map(|&i| tok.encode(&tok.chat_prompt(None, &set[i].question))).collect();
+        let s = SampleSettings {
+            max_new: cfg.max_new,
+            temperature: cfg.temperature,
+            batch: cfg.batch,
+            ..Default::default()
+        };
         let responses = sample(model, &prompts, tok.eos_id(), &s, rng, &mut |_| {})?;
         let eos = tok.eos_id();
         let rewards: Vec<f32> = responses
@@ -390,8 +406,14 @@ impl Trainer<'_> {
         let cfg = self.cfg;
         let ro = Rollouts::sample(self.model, self.tok, set, ids, cfg.group_size, cfg, rng)?;
         let adv_cfg = AdvantageConfig { group_size: cfg.group_size, scale_by_std: cfg.scale_by_std };
-        let adv =
-            crate::cpu::token_advantages(&ro.rewards, &ro.old_logp, &ro.mask, ro.resp_len, &adv_cfg, &cfg.shaping.shaping())?;
+        let adv = crate::cpu::token_advantages(
+            &ro.rewards,
+            &ro.old_logp,
+            &ro.mask,
+            ro.resp_len,
+            &adv_cfg,
+            &cfg.shaping.shaping(),
+        )?;
         let rows = ro.rewards.len();
         let per_update = rows / cfg.minibatches;
         let (mut clipped, mut kl_sum, mut loss_sum) = (0usize, 0.0f64, 0.0f64);
@@ -435,34 +457,69 @@ impl Trainer<'_> {
 
     /// One AdamW update on the rows `range` (whole groups).
     fn update(&mut self, ro: &Rollouts, adv: &[f32], range: std::ops::Range<usize>) -> Result<GrpoLossOutput> {
-        let (r, w) = (ro.resp_len, ro.width + ro.resp_len);
-        let n = range.len();
-        let device = self.model.device();
-        let seqs = Tensor::from_vec(ro.seqs[range.start * w..range.end * w].to_vec(), (n, w), device)?;
-        let start = &ro.start[range.clone()];
-        let tok = |v: &[f32]| Tensor::from_vec(v[range.start * r..range.end * r].to_vec(), (n, r), device);
-        let targets = Tensor::from_vec(ro.targets[range.start * r..range.end * r].to_vec(), (n, r), device)?;
-        let (mask, old_logp, advantages) = (tok(&ro.mask)?, tok(&ro.old_logp)?, tok(adv)?);
-        let ref_logits = self.reference.logits_of(&seqs, start, ro.width, false)?;
-        let ref_cfg = TokenStatsConfig { temperature: self.cfg.temperature, top_p: None, check_finite: true };
-        let ref_logp = ops::token_stats(&ref_logits, Some(&targets), &ref_cfg)?
-            .logp
-            .ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?
-            .detach();
-        drop(ref_logits);
-        let logits = self.model.logits_of(&seqs, start, ro.width, true)?;
-        let inputs = GrpoLossInputs {
-            targets: &targets,
-            mask: &mask,
-            old_logp: &old_logp,
-            ref_logp: Some(&ref_logp),
-            advantages: &advantages,
-        };
-        let out = ops::grpo_loss(&logits, &inputs, &self.cfg.loss_config())?;
+        let (out, _) = minibatch_loss(self.model, self.reference, ro, adv, range, self.cfg)?;
         let grads = out.loss.backward()?;
         self.opt.step(&grads)?;
         Ok(out)
     }
+}
+
+/// What one minibatch's loss was computed from.
+#[derive(Debug, Clone)]
+pub struct MinibatchInputs {
+    /// The policy's response logits `[n, R, V]` (differentiable).
+    pub logits: Tensor,
+    /// Targets `[n, R]`.
+    pub targets: Vec<u32>,
+    /// Mask `[n, R]`.
+    pub mask: Vec<f32>,
+    /// The sampler's log-probs `[n, R]`.
+    pub old_logp: Vec<f32>,
+    /// The reference model's log-probs `[n, R]`.
+    pub ref_logp: Vec<f32>,
+    /// Advantages `[n, R]`.
+    pub advantages: Vec<f32>,
+}
+
+/// The fused GRPO loss of the rows `range` of `ro` (with per-token advantages `adv`): the
+/// reference model's log-probs from a no-gradient forward, the policy's response logits from a
+/// differentiable one, then [`crate::ops::grpo_loss`]. Returns the op's outputs and its inputs.
+pub fn minibatch_loss(
+    model: &Llama,
+    reference: &Llama,
+    ro: &Rollouts,
+    adv: &[f32],
+    range: std::ops::Range<usize>,
+    cfg: &LmTrainConfig,
+) -> Result<(GrpoLossOutput, MinibatchInputs)> {
+    let (r, w) = (ro.resp_len, ro.width + ro.resp_len);
+    let n = range.len();
+    let device = model.device();
+    let seqs = Tensor::from_vec(ro.seqs[range.start * w..range.end * w].to_vec(), (n, w), device)?;
+    let start = &ro.start[range.clone()];
+    let rows = |v: &[f32]| v[range.start * r..range.end * r].to_vec();
+    let host_targets = ro.targets[range.start * r..range.end * r].to_vec();
+    let targets = Tensor::from_vec(host_targets.clone(), (n, r), device)?;
+    let (mask, old_logp, advantages) = (rows(&ro.mask), rows(&ro.old_logp), rows(adv));
+    let t = |v: &Vec<f32>| Tensor::from_vec(v.clone(), (n, r), device);
+    let ref_logits = reference.logits_of(&seqs, start, ro.width, false)?;
+    let ref_cfg = TokenStatsConfig { temperature: cfg.temperature, top_p: None, check_finite: true };
+    let ref_logp = ops::token_stats(&ref_logits, Some(&targets), &ref_cfg)?
+        .logp
+        .ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?
+        .detach();
+    drop(ref_logits);
+    let logits = model.logits_of(&seqs, start, ro.width, true)?;
+    let inputs = GrpoLossInputs {
+        targets: &targets,
+        mask: &t(&mask)?,
+        old_logp: &t(&old_logp)?,
+        ref_logp: Some(&ref_logp),
+        advantages: &t(&advantages)?,
+    };
+    let out = ops::grpo_loss(&logits, &inputs, &cfg.loss_config())?;
+    let ref_logp = ref_logp.flatten_all()?.to_vec1::<f32>()?;
+    Ok((out, MinibatchInputs { logits, targets: host_targets, mask, old_logp, ref_logp, advantages }))
 }
 
 /// Pass@k (k = 1..n) and the per-token statistics of n samples per held-out problem. The sampler
@@ -489,7 +546,8 @@ pub fn evaluate(
     let ks: Vec<usize> = (1..=n).collect();
     let r = ro.resp_len;
     let bins = entropy_by_position(&ro.entropy, &ro.mask, r, cfg.bins)?;
-    let mask_correct: Vec<f32> = ro.mask.iter().enumerate().map(|(t, &m)| if correct[t / r] { m } else { 0.0 }).collect();
+    let mask_correct: Vec<f32> =
+        ro.mask.iter().enumerate().map(|(t, &m)| if correct[t / r] { m } else { 0.0 }).collect();
     let bins_correct = entropy_by_position(&ro.entropy, &mask_correct, r, cfg.bins)?;
     let per_seq = sequence_means(&ro.entropy, &ro.mask, r)?;
     let (v, c): (Vec<f64>, Vec<bool>) = per_seq.iter().zip(&correct).filter_map(|(m, &c)| m.map(|m| (m, c))).unzip();
@@ -511,7 +569,8 @@ pub fn evaluate(
         entropy_correct: ec,
         entropy_incorrect: ei,
         mean_branch: masked_mean(&ro.branch, &ro.mask)?.unwrap_or(0.0),
-        response_len: ro.responses.iter().map(|r| r.tokens.len() as f64).sum::<f64>() / ro.responses.len().max(1) as f64,
+        response_len: ro.responses.iter().map(|r| r.tokens.len() as f64).sum::<f64>()
+            / ro.responses.len().max(1) as f64,
         garbage_mass: 0.0,
         seconds: start.elapsed().as_secs_f64(),
     })

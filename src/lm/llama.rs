@@ -360,6 +360,12 @@ impl Llama {
         self.sorted_vars().into_iter().filter(|(n, _)| self.trainable.name(n, layers)).map(|(_, v)| v).collect()
     }
 
+    /// Every weight by its GGUF name, copied to the host (f32, flattened): for checkpoints and
+    /// tests.
+    pub fn clone_weights(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.sorted_vars().into_iter().map(|(n, v)| Ok((n, v.as_tensor().flatten_all()?.to_vec1::<f32>()?))).collect()
+    }
+
     /// Parameters in the trainable variables.
     pub fn trainable_params(&self) -> usize {
         self.vars().iter().map(|v| v.elem_count()).sum()

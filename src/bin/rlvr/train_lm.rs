@@ -38,7 +38,8 @@ pub fn config(args: &TrainArgs) -> CliResult<LmTrainConfig> {
     let model = args.model.as_deref().unwrap_or("smollm2");
     let path = gguf::resolve(model).map_err(CliError::runtime)?;
     let mut cfg = if c.quick { LmTrainConfig::quick(path) } else { LmTrainConfig::new(path) };
-    let name = c.name.clone().unwrap_or_else(|| if c.quick { "train-smollm2-quick".into() } else { "train-smollm2".into() });
+    let name =
+        c.name.clone().unwrap_or_else(|| if c.quick { "train-smollm2-quick".into() } else { "train-smollm2".into() });
     cfg.out_dir = c.out_dir.join(name);
     if let Some(t) = &args.task {
         cfg.task = TaskKind::parse(t)?;
