@@ -389,7 +389,7 @@ fn write_file(
         }
     };
     let tokens: usize = token_shape.iter().product();
-    let vocab = if tokens == 0 { 0 } else { logits.len() / tokens };
+    let vocab = logits.len().checked_div(tokens).unwrap_or(0);
     let logit_shape = [token_shape, &[vocab]].concat();
     let ids: Vec<i64> = targets.iter().map(|&t| t as i64).collect();
     let view = |d, shape: &[usize], b| TensorView::new(d, shape.to_vec(), b).map_err(|e| io_error(path, e));
