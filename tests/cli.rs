@@ -602,6 +602,11 @@ fn example_with_a_model_writes_rollouts_that_stats_reads() {
         assert!(stdout.contains("log-PPL  4 sequences (4 with counted tokens)"), "{stdout}");
     }
 
+    // `rlvr bench --rows real` times the model's own rows.
+    let stdout = ok(&["bench", "--rows", "real", "--model", &model, "--shape", &format!("32,{v}"), "--iters", "1"]);
+    assert!(stdout.contains(&format!("[N, V] = [32, {v}] bf16 real rows")), "{stdout}");
+    fails(&["bench", "--rows", "real", "--model", &model, "--shape", "32,7"], 2, &["--shape V = 7", &v.to_string()]);
+
     // A dump whose logits are narrower than its targets' vocabulary (V cut to the largest
     // target id): a one-line error naming the target and V, not a panic.
     let top = *f.targets.iter().max().unwrap() as usize;
