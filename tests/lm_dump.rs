@@ -214,9 +214,12 @@ fn check_stats_match_sampler(d: &Dump, dir: &TempDir) {
         d.responses.iter().flat_map(|r| (0..r.tokens.len()).map(|t| (r.entropy[t], r.branch[t], r.logp[t]))).collect();
     assert_eq!(got.len(), want.len(), "one statistic per response token");
     let close = |a: f32, b: f32| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+    let (mut dh, mut dl) = (0f32, 0f32);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert!(close(g.0, w.0) && close(g.2, w.2) && g.1 == w.1, "token {i}: rlvr stats {g:?}, sampler {w:?}");
+        (dh, dl) = (dh.max((g.0 - w.0).abs()), dl.max((g.2 - w.2).abs()));
     }
+    println!("{} tokens: max |entropy difference| {dh:e}, max |logp difference| {dl:e}", got.len());
 }
 
 #[test]
