@@ -1,5 +1,7 @@
 //! CPU token statistics at [N, V] = [256, 151936] (Qwen vocabulary), f32 and bf16, on LM-like
-//! (peaked) and flat rows (the top-p worst case: pruning keeps every token):
+//! (peaked) and flat rows (the top-p worst case: pruning keeps every token), and at
+//! [256, 49152] on real rows: SmolLM2-135M-Instruct's own logits while sampling (see
+//! `common/real_rows.rs`; skipped, with one line saying so, when the model is not fetched):
 //! (a) the naive candle composition with host-sorted top-p, (b) a plain single-pass LSE (the
 //! floor of any fused pass: one read, one exp per element), (c) fused stats with top-p 0.95 and
 //! targets, (d) fused stats with targets, without top-p.
@@ -8,7 +10,8 @@
 //! (c) ≥ 10× faster than (a) and ≤ 1.5× the time of (b). Kept short for a 2-core machine:
 //! 10 samples, short warm-up and measurement.
 //!
-//! Run: `cargo bench --bench cpu` (results under target/criterion/cpu_*).
+//! Run: `cargo bench --bench cpu` (results under target/criterion/cpu_*); the real rows alone:
+//! `cargo bench --bench cpu -- real`.
 
 use std::time::Duration;
 
@@ -17,32 +20,36 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use half::bf16;
 use rlvr_kernels::{cpu, naive, Element, TokenStatsConfig};
 
+#[path = "common/real_rows.rs"]
+mod real_rows;
 #[path = "common/rows.rs"]
 mod rows;
-use rows::{N, V};
 
+/// Times the four variants on `values` (`[N, V]` with N = `targets.len()`), narrowed to `E` by
+/// round-to-nearest-even.
 fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str, values: &[f32], targets: &[u32]) {
+    let (n, v) = (targets.len(), values.len() / targets.len());
     let logits: Vec<E> = values.iter().map(|&v| E::from_f32(v)).collect();
     let mut group = c.benchmark_group(format!("cpu_token_stats/{}/{kind}", <E as Element>::DTYPE));
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
-        .throughput(Throughput::Bytes((N * V * <E as Element>::DTYPE.size()) as u64));
+        .throughput(Throughput::Bytes((n * v * <E as Element>::DTYPE.size()) as u64));
     let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
     let no_p = TokenStatsConfig { top_p: None, ..with_p };
 
-    let tensor = Tensor::from_slice(&logits, (N, V), &Device::Cpu).expect("tensor");
-    let y = Tensor::from_slice(targets, N, &Device::Cpu).expect("tensor");
+    let tensor = Tensor::from_slice(&logits, (n, v), &Device::Cpu).expect("tensor");
+    let y = Tensor::from_slice(targets, n, &Device::Cpu).expect("tensor");
     group.bench_function(BenchmarkId::from_parameter("a_naive_candle"), |b| {
         b.iter(|| naive::candle_token_stats(&tensor, Some(&y), &with_p).expect("valid"))
     });
-    group.bench_function(BenchmarkId::from_parameter("b_plain_lse"), |b| b.iter(|| naive::plain_lse(&logits, V)));
+    group.bench_function(BenchmarkId::from_parameter("b_plain_lse"), |b| b.iter(|| naive::plain_lse(&logits, v)));
     group.bench_function(BenchmarkId::from_parameter("c_fused_top_p"), |b| {
-        b.iter(|| cpu::token_stats(&logits, V, Some(targets), &with_p).expect("valid"))
+        b.iter(|| cpu::token_stats(&logits, v, Some(targets), &with_p).expect("valid"))
     });
     group.bench_function(BenchmarkId::from_parameter("d_fused_no_top_p"), |b| {
-        b.iter(|| cpu::token_stats(&logits, V, Some(targets), &no_p).expect("valid"))
+        b.iter(|| cpu::token_stats(&logits, v, Some(targets), &no_p).expect("valid"))
     });
     group.finish();
 }
@@ -52,6 +59,10 @@ fn token_stats(c: &mut Criterion) {
         let (targets, values) = rows::targets_and_rows(kind);
         bench_kind::<f32>(c, kind, &values, &targets);
         bench_kind::<bf16>(c, kind, &values, &targets);
+    }
+    if let Some(real) = real_rows::load() {
+        bench_kind::<f32>(c, "real", &real.logits, &real.targets);
+        bench_kind::<bf16>(c, "real", &real.logits, &real.targets);
     }
 }
 

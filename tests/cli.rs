@@ -570,3 +570,68 @@ fn bench_runs_and_prints_its_table() {
     let stdout = ok(&["bench", "--shape", "8,100", "--iters", "1", "--no-naive"]);
     assert!(!stdout.contains("candle composition"), "{stdout}");
 }
+
+/// `rlvr example --model` on the tiny model (no download needed): a padded dump of real
+/// rollouts that `rlvr stats` reads, seeded, in f32 and bf16.
+#[test]
+fn example_with_a_model_writes_rollouts_that_stats_reads() {
+    let dir = TempDir::new("model");
+    let model = dir.path("tiny.gguf");
+    rlvr_kernels::lm::tiny::write_tiny_llama(Path::new(&model), &Default::default()).unwrap();
+    let dump = |name: &str, dtype: &str| {
+        let path = dir.path(name);
+        let stdout =
+            ok(&["example", "--model", &model, "--out", &path, "--dtype", dtype, "--batch", "4", "--seq-len", "6"]);
+        assert!(stdout.contains("wrote") && stdout.contains("4 responses"), "{stdout}");
+        path
+    };
+    let (a, b, c) = (dump("a.safetensors", "f32"), dump("b.safetensors", "f32"), dump("c.safetensors", "bf16"));
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "same seed, same file");
+    let (f, h) = (Input::read(&a), Input::read(&c));
+    let (t, v) = (f.shape[1], f.vocab());
+    assert!(f.shape[0] == 4 && (1..=6).contains(&t) && h.shape == f.shape, "{:?} {:?}", f.shape, h.shape);
+    assert!(f.logits.iter().zip(&h.logits).all(|(&x, &y)| bf16::from_f64(x).to_f64() == y), "bf16 = rounded f32");
+    for seq in f.mask.chunks(t) {
+        // The response from the first position on, then padding.
+        let len = seq.iter().take_while(|&&m| m == 1.0).count();
+        assert!(len >= 1 && seq[len..].iter().all(|&m| m == 0.0), "mask {seq:?}");
+    }
+    for input in [&a, &c] {
+        let stdout = ok(&["stats", "--input", input]);
+        assert!(stdout.contains(&format!("N = {} tokens, V = {v}", 4 * t)), "{stdout}");
+        assert!(stdout.contains("log-PPL  4 sequences (4 with counted tokens)"), "{stdout}");
+    }
+
+    // `rlvr bench --rows real` times the model's own rows.
+    let stdout = ok(&["bench", "--rows", "real", "--model", &model, "--shape", &format!("32,{v}"), "--iters", "1"]);
+    assert!(stdout.contains(&format!("[N, V] = [32, {v}] bf16 real rows")), "{stdout}");
+    fails(&["bench", "--rows", "real", "--model", &model, "--shape", "32,7"], 2, &["--shape V = 7", &v.to_string()]);
+
+    // A dump whose logits are narrower than its targets' vocabulary (V cut to the largest
+    // target id): a one-line error naming the target and V, not a panic.
+    let top = *f.targets.iter().max().unwrap() as usize;
+    let narrow: Vec<f32> = f.logits.chunks(v).flat_map(|row| row[..top].iter().map(|&x| x as f32)).collect();
+    let targets: Vec<i64> = f.targets.iter().map(|&y| y as i64).collect();
+    let mask: Vec<u8> = f.mask.iter().map(|&m| m as u8).collect();
+    let cut = dir.path("cut.safetensors");
+    write_st(
+        &cut,
+        &[
+            ("logits", Dtype::F32, vec![4, t, top], bytes(&narrow)),
+            ("targets", Dtype::I64, vec![4, t], bytes(&targets)),
+            ("mask", Dtype::U8, vec![4, t], mask),
+        ],
+    );
+    fails(&["stats", "--input", &cut], 1, &[&format!("target {top} at token"), &format!("vocabulary size {top}")]);
+
+    // A model that is not there names the command that fetches it; --vocab is the model's own.
+    let out = Command::new(env!("CARGO_BIN_EXE_rlvr"))
+        .args(["example", "--model", "smollm2", "--out", &dir.path("x.safetensors")])
+        .env("RLVR_MODEL_DIR", dir.path("no-models"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bash scripts/fetch-model.sh") && !stderr.contains("panicked"), "{stderr}");
+    fails(&["example", "--model", &model, "--out", &dir.path("y.safetensors"), "--vocab", "9"], 2, &["--vocab"]);
+}

@@ -13,6 +13,7 @@
 //! - [`tiny`]: a tiny llama GGUF written on the fly, for tests.
 
 pub mod analyze;
+pub mod dump;
 pub mod generate;
 pub mod gguf;
 pub mod grpo;

@@ -1,33 +1,42 @@
 //! `rlvr bench`: a quick timing of the fused token statistics against a plain one-read
 //! log-sum-exp (the floor) and the same math composed from candle ops (the naive baseline), on
 //! in-memory generated logits. criterion benches (`cargo bench`) are the careful version; this
-//! is the one-command look on whatever machine you are on.
+//! is the one-command look on whatever machine you are on. Rows are generated (LM-like or flat),
+//! or real: a chat model's own logits while it samples (`--rows real`, `lm::dump`).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
 use indicatif::ProgressBar;
+use rlvr_kernels::lm::dump::{real_rows, DumpSettings};
+use rlvr_kernels::lm::{self, gguf};
 use rlvr_kernels::{naive, DType, Element, TokenStatsConfig, DEFAULT_TOP_P};
 
 use crate::device::Device;
 use crate::error::{CliError, CliResult};
-use crate::example::{generate, RowKind};
+use crate::example::{generate, Generated, RowKind};
 use crate::progress;
 use crate::table;
 
 /// Arguments of `rlvr bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Logits shape N,V (rows, vocabulary).
-    #[arg(long, default_value = "256,151936", value_parser = parse_shape)]
-    pub shape: (usize, usize),
+    /// Logits shape N,V (rows, vocabulary) [default: 256,151936; with `--rows real`: 256 rows of
+    /// the model's vocabulary, which a given V must equal].
+    #[arg(long, value_parser = parse_shape)]
+    pub shape: Option<(usize, usize)>,
     /// Logits dtype: bf16, f16 or f32.
     #[arg(long, default_value = "bf16")]
     pub dtype: DType,
-    /// Row shape: `lm` (peaked, LM-like) or `flat` (near-uniform, the worst case for top-p).
-    #[arg(long, value_enum, default_value_t = RowKind::Lm)]
-    pub rows: RowKind,
+    /// Rows: `lm` (generated, peaked, LM-like), `flat` (generated, near-uniform: the worst case
+    /// for top-p) or `real` (the model's logits while sampling one-digit additions at
+    /// temperature 1, 4 samples per prompt, the first N response tokens).
+    #[arg(long, value_enum, default_value_t = BenchRows::Lm)]
+    pub rows: BenchRows,
+    /// The model of `--rows real`: `smollm2` (fetched by `bash scripts/fetch-model.sh`) or a .gguf path.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
     /// Top-p of the branch count, in (0, 1).
     #[arg(long, default_value_t = DEFAULT_TOP_P, allow_negative_numbers = true)]
     pub top_p: f32,
@@ -41,9 +50,30 @@ pub struct BenchArgs {
     /// GPU read and the candle composition on the GPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
-    /// Seed of the generated logits.
+    /// Seed of the generated logits (of the problems and the sampler with `--rows real`).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Which rows are timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchRows {
+    /// Generated, LM-like: peaked Zipf head plus noise.
+    Lm,
+    /// Generated, near-flat: Gaussian noise only.
+    Flat,
+    /// A chat model's own logits while sampling.
+    Real,
+}
+
+impl BenchRows {
+    fn name(self) -> &'static str {
+        match self {
+            BenchRows::Lm => "lm",
+            BenchRows::Flat => "flat",
+            BenchRows::Real => "real",
+        }
+    }
 }
 
 /// Parses `N,V` (both ≥ 1).
@@ -78,11 +108,44 @@ pub fn run(args: &BenchArgs, quiet: bool) -> CliResult<()> {
     }
 }
 
+/// The rows to time: `[N, V]` logits and a target per row.
+fn rows<E: Element>(args: &BenchArgs, quiet: bool) -> CliResult<(usize, usize, Generated<E>)> {
+    let kind = match args.rows {
+        BenchRows::Lm => RowKind::Lm,
+        BenchRows::Flat => RowKind::Flat,
+        BenchRows::Real => return real::<E>(args, quiet),
+    };
+    let (n, v) = args.shape.unwrap_or((256, 151_936));
+    let bar = progress::bar(n as u64, "generating logits", quiet);
+    let gen = generate::<E>(n, v, kind, args.seed, &bar)?;
+    bar.finish_and_clear();
+    Ok((n, v, gen))
+}
+
+/// `--rows real`: the first N response tokens' logits of seeded rollouts (the rows of
+/// `rlvr example --model M --batch 16 --seq-len 32 --seed S`, more rounds if N needs them).
+fn real<E: Element>(args: &BenchArgs, quiet: bool) -> CliResult<(usize, usize, Generated<E>)> {
+    let path = gguf::resolve(&args.model)?;
+    crate::train_cmd::tune_allocator();
+    let (model, tok) = lm::load(&path, &candle_core::Device::Cpu)?;
+    let vocab = model.config().vocab;
+    let n = match args.shape {
+        Some((_, v)) if v != vocab => {
+            return Err(CliError::usage(format!("--shape V = {v}, but the model's vocabulary has {vocab} tokens")))
+        }
+        Some((n, _)) => n,
+        None => 256,
+    };
+    let settings = DumpSettings { responses: 16, max_new: 32, seed: args.seed, ..Default::default() };
+    let bar = progress::bar(n as u64, "sampling (tokens)", quiet);
+    let rows = real_rows(&model, &tok, &settings, n, &mut |k| bar.set_position(k.min(n) as u64))?;
+    bar.finish_and_clear();
+    let logits = rows.logits.iter().map(|&z| E::from_f32(z)).collect();
+    Ok((n, vocab, Generated { logits, targets: rows.targets }))
+}
+
 fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) -> CliResult<()> {
-    let (n, v) = args.shape;
-    let gen_bar = progress::bar(n as u64, "generating logits", quiet);
-    let gen = generate::<E>(n, v, args.rows, args.seed, &gen_bar)?;
-    gen_bar.finish_and_clear();
+    let (n, v, gen) = rows::<E>(args, quiet)?;
     let (logits, targets) = (&gen.logits[..], &gen.targets[..]);
     let with_p = TokenStatsConfig { top_p: Some(args.top_p), ..Default::default() };
     let no_p = TokenStatsConfig { top_p: None, ..Default::default() };
@@ -145,10 +208,7 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
     println!(
         "bench    [N, V] = [{n}, {v}] {} {} rows (mean entropy {mean_h:.3} nats, mean branch {mean_k:.1} at top-p {}), {:.1} MiB of logits",
         <E as Element>::DTYPE,
-        match args.rows {
-            RowKind::Lm => "lm",
-            RowKind::Flat => "flat",
-        },
+        args.rows.name(),
         args.top_p,
         bytes / (1 << 20) as f64
     );
@@ -167,7 +227,7 @@ fn bench_cuda<E: Element + candle_core::WithDType>(
     targets: &[u32],
     with_p: &TokenStatsConfig,
 ) -> CliResult<()> {
-    let (n, v) = args.shape;
+    let (n, v) = (targets.len(), logits.len() / targets.len().max(1));
     let stream = rlvr_kernels::cuda::default_stream()?;
     let times = rlvr_kernels::cuda::bench_token_stats(&stream, logits, v, Some(targets), with_p, 3, args.iters)?;
     let naive_ms = if args.no_naive {

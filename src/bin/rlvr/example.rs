@@ -1,5 +1,6 @@
 //! `rlvr example`: a synthetic, LM-like logits dump to try `rlvr stats` on, and the row
-//! generator `rlvr bench` times against.
+//! generator `rlvr bench` times against; with `--model`, a dump of real rollouts instead
+//! (`lm::dump`: the sampled responses' own logits, padded `[B, T, V]`).
 //!
 //! Each row is a Zipf-like head over a per-row pseudo-random token order plus Gaussian noise:
 //! z_i = c − a·ln(rank_i) + σ·g_i. The sharpness a varies per token (log-uniform; 3/4 of the
@@ -14,6 +15,8 @@ use std::time::Instant;
 use half::{bf16, f16};
 use indicatif::ProgressBar;
 use rayon::prelude::*;
+use rlvr_kernels::lm::dump::{self, DumpSettings};
+use rlvr_kernels::lm::{self, gguf};
 use rlvr_kernels::reference::SplitMix64;
 use rlvr_kernels::{DType, Element};
 use safetensors::tensor::TensorView;
@@ -28,23 +31,30 @@ pub struct ExampleArgs {
     /// Output file (.safetensors) with tensors `logits`, `targets` (i64) and `mask` (u8).
     #[arg(long)]
     pub out: PathBuf,
-    /// B: sequences.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// T: tokens per sequence.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    /// V: vocabulary size.
-    #[arg(long, default_value_t = 32768)]
-    pub vocab: usize,
+    /// Real rollouts instead of synthetic rows: `smollm2` (SmolLM2-135M-Instruct, fetched by
+    /// `bash scripts/fetch-model.sh`) or a .gguf path; one-digit additions, 4 samples per prompt,
+    /// temperature 1.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// B: sequences (with --model: responses) [default: 8, 16 with --model].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// T: tokens per sequence (with --model: the most new tokens per response; T is then the
+    /// longest response) [default: 256, 32 with --model].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// V: vocabulary size (synthetic rows only; a model has its own) [default: 32768].
+    #[arg(long, conflicts_with = "model")]
+    pub vocab: Option<usize>,
     /// Logits dtype: bf16, f16 or f32.
     #[arg(long, default_value = "bf16")]
     pub dtype: DType,
-    /// Seed of the generator.
+    /// Seed of the generator (with --model: of the problems and the sampler).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Write flat `[B·T, V]` logits (and `[B·T]` targets/mask) instead of `[B, T, V]`.
-    #[arg(long)]
+    /// Write flat `[B·T, V]` logits (and `[B·T]` targets/mask) instead of `[B, T, V]`
+    /// (synthetic rows only).
+    #[arg(long, conflicts_with = "model")]
     pub flat: bool,
 }
 
@@ -192,32 +202,81 @@ pub fn response_mask(batch: usize, seq_len: usize, seed: u64) -> Vec<u8> {
 
 /// Runs `rlvr example`.
 pub fn run(args: &ExampleArgs, quiet: bool) -> CliResult<()> {
-    if args.batch == 0 || args.seq_len == 0 || args.vocab == 0 {
+    if let Some(model) = &args.model {
+        return write_real(args, model, quiet);
+    }
+    let (batch, seq_len, vocab) = (args.batch.unwrap_or(8), args.seq_len.unwrap_or(256), args.vocab.unwrap_or(32768));
+    if batch == 0 || seq_len == 0 || vocab == 0 {
         return Err(CliError::usage("--batch, --seq-len and --vocab must all be at least 1"));
     }
-    if args.vocab > u32::MAX as usize {
+    if vocab > u32::MAX as usize {
         return Err(CliError::usage("--vocab must fit token ids in u32"));
     }
+    let shape = Shape { batch, seq_len, vocab };
     match args.dtype {
-        DType::F32 => write::<f32>(args, quiet),
-        DType::BF16 => write::<bf16>(args, quiet),
-        DType::F16 => write::<f16>(args, quiet),
+        DType::F32 => write::<f32>(args, shape, quiet),
+        DType::BF16 => write::<bf16>(args, shape, quiet),
+        DType::F16 => write::<f16>(args, shape, quiet),
     }
 }
 
-fn write<E: Element>(args: &ExampleArgs, quiet: bool) -> CliResult<()> {
-    let start = Instant::now();
-    let rows = args.batch.checked_mul(args.seq_len).ok_or_else(|| CliError::usage("batch × seq-len overflows"))?;
-    let bar = progress::bar(rows as u64, "generating logits", quiet);
-    let gen = generate::<E>(rows, args.vocab, RowKind::Lm, args.seed, &bar)?;
-    bar.finish_and_clear();
-    let mask = response_mask(args.batch, args.seq_len, args.seed);
-    let targets: Vec<i64> = gen.targets.iter().map(|&t| t as i64).collect();
-    let (tok_shape, logit_shape) = if args.flat {
-        (vec![rows], vec![rows, args.vocab])
-    } else {
-        (vec![args.batch, args.seq_len], vec![args.batch, args.seq_len, args.vocab])
+/// B, T, V of a synthetic dump.
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    seq_len: usize,
+    vocab: usize,
+}
+
+/// `--model`: samples real rollouts with their logits and writes them as a padded dump.
+fn write_real(args: &ExampleArgs, model: &str, quiet: bool) -> CliResult<()> {
+    let settings = DumpSettings {
+        responses: args.batch.unwrap_or(16),
+        max_new: args.seq_len.unwrap_or(32),
+        seed: args.seed,
+        ..Default::default()
     };
+    if settings.responses == 0 || settings.max_new == 0 {
+        return Err(CliError::usage("--batch and --seq-len must be at least 1"));
+    }
+    let path = gguf::resolve(model)?;
+    let start = Instant::now();
+    crate::train_cmd::tune_allocator();
+    let (llama, tok) = lm::load(&path, &candle_core::Device::Cpu)?;
+    let bar = progress::bar((settings.responses * settings.max_new) as u64, "sampling (tokens)", quiet);
+    let dump = dump::sample_dump(&llama, &tok, &settings, &mut |done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    dump.write(&args.out, args.dtype)?;
+    let finished = dump.responses.iter().filter(|r| r.finished).count();
+    println!(
+        "wrote {}: logits {:?} {} ({:.1} MiB), targets {:?} i64, mask {:?} u8 ({} of {} tokens are response tokens; {} responses from {}, {finished} finished within {} tokens) in {:.2} s",
+        args.out.display(),
+        [dump.batch, dump.seq_len, dump.vocab],
+        args.dtype,
+        (dump.logits.len() * args.dtype.size()) as f64 / (1 << 20) as f64,
+        [dump.batch, dump.seq_len],
+        [dump.batch, dump.seq_len],
+        dump.counted(),
+        dump.mask.len(),
+        dump.batch,
+        path.display(),
+        settings.max_new,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn write<E: Element>(args: &ExampleArgs, shape: Shape, quiet: bool) -> CliResult<()> {
+    let start = Instant::now();
+    let Shape { batch, seq_len, vocab } = shape;
+    let rows = batch.checked_mul(seq_len).ok_or_else(|| CliError::usage("batch × seq-len overflows"))?;
+    let bar = progress::bar(rows as u64, "generating logits", quiet);
+    let gen = generate::<E>(rows, vocab, RowKind::Lm, args.seed, &bar)?;
+    bar.finish_and_clear();
+    let mask = response_mask(batch, seq_len, args.seed);
+    let targets: Vec<i64> = gen.targets.iter().map(|&t| t as i64).collect();
+    let (tok_shape, logit_shape) =
+        if args.flat { (vec![rows], vec![rows, vocab]) } else { (vec![batch, seq_len], vec![batch, seq_len, vocab]) };
     let dtype = match E::DTYPE {
         DType::F32 => Dtype::F32,
         DType::BF16 => Dtype::BF16,

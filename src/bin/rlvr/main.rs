@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a synthetic LM-like logits dump (logits, targets, mask) to a .safetensors file.
+    /// Write a logits dump (logits, targets, mask) to a .safetensors file: synthetic LM-like rows,
+    /// or real rollouts of a chat model with `--model`.
     Example(example::ExampleArgs),
     /// Per-token lse, entropy, branch count and logp (and per-sequence log-PPL) of a logits file.
     Stats(stats::StatsArgs),
