@@ -429,7 +429,7 @@ impl Llama {
         let mut x = self.embed_tokens(tokens)?.detach();
         let ctx = Ctx::new(self, &cache.start, cache.len, t, false)?;
         for (i, block) in self.blocks.iter().enumerate() {
-            x = self.block(block, &x, &ctx, Some((&mut cache.k[i], &mut cache.v[i])))?;
+            x = self.block(block, &x, &ctx, Some((&mut cache.k[i], &mut cache.v[i])))?.detach();
         }
         cache.len += t;
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?;
@@ -497,6 +497,10 @@ impl Llama {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
+            // Detached: the weights are variables, so every cached tensor would otherwise keep
+            // its whole op history (every earlier step's activations) alive.
+            k = k.detach();
+            v = v.detach();
             *ck = Some(k.clone());
             *cv = Some(v.clone());
         }
@@ -599,5 +603,33 @@ impl Ctx {
         let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
         let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
         Tensor::cat(&[y0, y1], D::Minus1)?.reshape((b, h, t, dh))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::tiny::{write_tiny_llama, TinySpec};
+
+    /// The cache must not hold op histories: with variable weights every cached tensor would
+    /// otherwise keep all earlier steps' activations alive (11 GB resident in a 6-minute
+    /// `rlvr analyze` before this was fixed, 1 GB after).
+    #[test]
+    fn sampling_keeps_no_op_history() {
+        let path = std::env::temp_dir().join(format!("rlvr-llama-{}-history.gguf", std::process::id()));
+        write_tiny_llama(&path, &TinySpec::default()).unwrap();
+        let m = Llama::load(&path, &Device::Cpu).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let mut cache = m.new_cache(vec![0, 1]);
+        let t = Tensor::from_vec(vec![1u32, 5, 7, 9, 1, 5], (2, 3), &Device::Cpu).unwrap();
+        let mut logits = m.extend(&t, &mut cache).unwrap();
+        for _ in 0..3 {
+            logits = m.extend(&Tensor::from_vec(vec![4u32, 6], (2, 1), &Device::Cpu).unwrap(), &mut cache).unwrap();
+        }
+        assert!(!logits.track_op());
+        assert!(cache.k.iter().chain(&cache.v).flatten().all(|t| !t.track_op()));
+        // The differentiable forward does track (it is what training backpropagates through).
+        let h = m.hidden(&t, &[0, 1], true).unwrap();
+        assert!(h.track_op());
     }
 }
