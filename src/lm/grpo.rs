@@ -32,10 +32,9 @@ use crate::metrics::{
 use crate::ops::{self, GrpoLossInputs, GrpoLossOutput};
 use crate::train::eval::{overlaps, EvalResult, OverlapRecord};
 use crate::train::figures;
-use crate::train::grpo::StepMetrics;
+use crate::train::grpo::{StepMetrics, UpdateTally};
 use crate::train::log::{MetricsLog, Record};
 use crate::train::{Progress, ShapingKind};
-use crate::types::CLIPPED;
 
 /// Settings of GRPO on a real model.
 #[derive(Debug, Clone)]
@@ -416,29 +415,19 @@ impl Trainer<'_> {
         )?;
         let rows = ro.rewards.len();
         let per_update = rows / cfg.minibatches;
-        let (mut clipped, mut kl_sum, mut loss_sum) = (0usize, 0.0f64, 0.0f64);
+        let mut tally = UpdateTally::default();
         for epoch in 0..cfg.epochs {
             for mb in 0..cfg.minibatches {
                 let range = mb * per_update..(mb + 1) * per_update;
                 let out = self.update(&ro, &adv, range.clone())?;
-                let mask = &ro.mask[range.start * ro.resp_len..range.end * ro.resp_len];
-                let flags = out.clip_flags.flatten_all()?.to_vec1::<u8>()?;
-                clipped += flags.iter().zip(mask).filter(|(&f, &m)| m != 0.0 && f & CLIPPED != 0).count();
-                if epoch == 0 {
-                    if let Some(kl) = &out.kl {
-                        let kl = kl.flatten_all()?.to_vec1::<f32>()?;
-                        kl_sum += kl.iter().zip(mask).map(|(&k, &m)| k as f64 * m as f64).sum::<f64>();
-                    }
-                    loss_sum += out.loss.to_scalar::<f32>()? as f64;
-                }
+                tally.add(&out, &ro.mask[range.start * ro.resp_len..range.end * ro.resp_len], epoch == 0)?;
             }
         }
-        let tokens: f64 = ro.mask.iter().map(|&x| x as f64).sum::<f64>().max(1.0);
         let per_seq = sequence_means(&ro.entropy, &ro.mask, ro.resp_len)?;
         let (v, c): (Vec<f64>, Vec<bool>) =
             per_seq.iter().zip(ro.correct()).filter_map(|(m, c)| m.map(|m| (m, c))).unzip();
         let (ec, ei) = mean_by_correctness(&v, &c)?;
-        Ok(StepMetrics {
+        let mut m = StepMetrics {
             shaping: cfg.shaping.name(),
             step,
             reward: ro.rewards.iter().map(|&r| r as f64).sum::<f64>() / rows as f64,
@@ -447,12 +436,15 @@ impl Trainer<'_> {
             entropy_incorrect: ei,
             branch: masked_mean(&ro.branch, &ro.mask)?.unwrap_or(0.0),
             response_len: ro.responses.iter().map(|r| r.tokens.len() as f64).sum::<f64>() / rows as f64,
-            clip_frac: clipped as f64 / (tokens * cfg.epochs as f64),
-            kl: kl_sum / tokens,
+            clip_frac: 0.0,
+            kl: 0.0,
             garbage_mass: 0.0,
-            loss: loss_sum / cfg.minibatches as f64,
-            seconds: start.elapsed().as_secs_f64(),
-        })
+            loss: 0.0,
+            seconds: 0.0,
+        };
+        tally.finish(&mut m, &ro.mask, cfg.epochs, cfg.minibatches);
+        m.seconds = start.elapsed().as_secs_f64();
+        Ok(m)
     }
 
     /// One AdamW update on the rows `range` (whole groups).

@@ -348,10 +348,7 @@ impl Llama {
     }
 
     fn sorted_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-        let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        crate::train::model::sorted_vars(&self.varmap)
     }
 
     /// The trainable variables (for an optimizer), in name order.

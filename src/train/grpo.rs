@@ -88,28 +88,16 @@ impl GrpoTrainer<'_> {
         let ro = sample(self.policy, self.task, set, ids, cfg.group_size, cfg.common.loss, rng)?;
         let batch = self.batch(&ro)?;
         let per_update = ro.len() / cfg.minibatches;
-        let (mut clipped, mut kl_sum, mut loss_sum) = (0usize, 0.0f64, 0.0f64);
+        let mut tally = UpdateTally::default();
         for epoch in 0..cfg.epochs {
             for mb in 0..cfg.minibatches {
                 let rows = mb * per_update..(mb + 1) * per_update;
                 let out = self.update(&batch, rows.clone(), ro.prompt_len)?;
-                let mask = &ro.mask[rows.start * ro.resp_len..rows.end * ro.resp_len];
-                let flags = out.clip_flags.flatten_all()?.to_vec1::<u8>()?;
-                clipped += flags.iter().zip(mask).filter(|(&f, &m)| m != 0.0 && f & CLIPPED != 0).count();
-                if epoch == 0 {
-                    if let Some(kl) = &out.kl {
-                        let kl = kl.flatten_all()?.to_vec1::<f32>()?;
-                        kl_sum += kl.iter().zip(mask).map(|(&k, &m)| k as f64 * m as f64).sum::<f64>();
-                    }
-                    loss_sum += out.loss.to_scalar::<f32>()? as f64;
-                }
+                tally.add(&out, &ro.mask[rows.start * ro.resp_len..rows.end * ro.resp_len], epoch == 0)?;
             }
         }
-        let tokens: f64 = ro.mask.iter().map(|&x| x as f64).sum::<f64>().max(1.0);
         let mut m = self.rollout_metrics(&ro, step)?;
-        m.clip_frac = clipped as f64 / (tokens * cfg.epochs as f64);
-        m.kl = kl_sum / tokens;
-        m.loss = loss_sum / cfg.minibatches as f64;
+        tally.finish(&mut m, &ro.mask, cfg.epochs, cfg.minibatches);
         m.seconds = start.elapsed().as_secs_f64();
         Ok(m)
     }
@@ -177,6 +165,40 @@ impl GrpoTrainer<'_> {
             loss: 0.0,
             seconds: 0.0,
         })
+    }
+}
+
+/// The loss op's outputs summed over a step's updates: clipped tokens (every pass), KL and loss
+/// (first pass only, so each token counts once).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpdateTally {
+    clipped: usize,
+    kl_sum: f64,
+    loss_sum: f64,
+}
+
+impl UpdateTally {
+    /// Adds one update's outputs; `mask` is its rows' response mask.
+    pub fn add(&mut self, out: &GrpoLossOutput, mask: &[f32], first_pass: bool) -> Result<()> {
+        let flags = out.clip_flags.flatten_all()?.to_vec1::<u8>()?;
+        self.clipped += flags.iter().zip(mask).filter(|(&f, &m)| m != 0.0 && f & CLIPPED != 0).count();
+        if first_pass {
+            if let Some(kl) = &out.kl {
+                let kl = kl.flatten_all()?.to_vec1::<f32>()?;
+                self.kl_sum += kl.iter().zip(mask).map(|(&k, &m)| k as f64 * m as f64).sum::<f64>();
+            }
+            self.loss_sum += out.loss.to_scalar::<f32>()? as f64;
+        }
+        Ok(())
+    }
+
+    /// Sets the step's clip fraction, mean KL per token and mean first-pass loss; `mask` is the
+    /// whole step's response mask.
+    pub fn finish(&self, m: &mut StepMetrics, mask: &[f32], epochs: usize, minibatches: usize) {
+        let tokens: f64 = mask.iter().map(|&x| x as f64).sum::<f64>().max(1.0);
+        m.clip_frac = self.clipped as f64 / (tokens * epochs as f64);
+        m.kl = self.kl_sum / tokens;
+        m.loss = self.loss_sum / minibatches as f64;
     }
 }
 

@@ -196,10 +196,7 @@ impl Policy {
     }
 
     fn sorted_vars(&self) -> Vec<(String, Var)> {
-        let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-        let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars
+        sorted_vars(&self.varmap)
     }
 
     /// The trainable variables (for an optimizer).
@@ -251,6 +248,15 @@ impl Policy {
         let h = self.hidden(&inputs)?.narrow(1, prompt_len - 1, r)?.contiguous()?;
         self.logits(&h)
     }
+}
+
+/// A var map's variables with their names, in name order (a fixed order for optimizers, copies
+/// and checkpoints).
+pub(crate) fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars
 }
 
 fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
