@@ -223,9 +223,10 @@ pub fn analyze_with(
     };
     progress.finish();
     let sample_seconds = ts.elapsed().as_secs_f64();
-    let mut report = summarize(&set, &responses, tok, cfg)?;
+    let v = Verified::new(&set, &responses, tok, cfg)?;
+    let mut report = summarize(&set, &responses, &v, cfg)?;
     report.sample_seconds = sample_seconds;
-    write_outputs(&set, &responses, tok, cfg, &mut report)?;
+    write_outputs(&set, &responses, &v, cfg, &mut report)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -260,10 +261,23 @@ fn padded(responses: &[Response], r: usize) -> Padded {
     p
 }
 
-/// The response text up to (not including) its end-of-turn token.
-fn text_of(tok: &Tokenizer, resp: &Response, eos: u32) -> String {
-    let ids: Vec<u32> = resp.tokens.iter().copied().take_while(|&t| t != eos).collect();
-    tok.decode(&ids)
+/// Each response decoded and verified once, and the padded per-token view with its log-PPLs.
+struct Verified {
+    text: Vec<String>,
+    correct: Vec<bool>,
+    padded: Padded,
+    log_ppl: Vec<Option<f32>>,
+}
+
+impl Verified {
+    fn new(set: &[Problem], responses: &[Response], tok: &Tokenizer, cfg: &AnalyzeConfig) -> Result<Self> {
+        let text: Vec<String> = responses.iter().map(|r| r.text(tok, tok.eos_id())).collect();
+        let correct =
+            responses.iter().zip(&text).map(|(r, t)| is_correct(&set[r.prompt / cfg.samples], t, r.finished)).collect();
+        let padded = padded(responses, cfg.max_new);
+        let log_ppl = cpu::log_ppl(&padded.logp, &padded.mask, padded.r)?;
+        Ok(Self { text, correct, padded, log_ppl })
+    }
 }
 
 fn token_split(values: &[f32], mask: &[f32], r: usize, correct: &[bool]) -> Split {
@@ -289,23 +303,20 @@ fn by_position(values: &[f32], p: &Padded, correct: &[bool], bins: usize) -> Res
     Ok(c.into_iter().zip(w).map(|((a, na), (b, nb))| ((na > 0).then_some(a), (nb > 0).then_some(b))).collect())
 }
 
-fn summarize(set: &[Problem], responses: &[Response], tok: &Tokenizer, cfg: &AnalyzeConfig) -> Result<AnalyzeReport> {
+fn summarize(set: &[Problem], responses: &[Response], v: &Verified, cfg: &AnalyzeConfig) -> Result<AnalyzeReport> {
     let n = cfg.samples;
-    let eos = tok.eos_id();
-    let correct: Vec<bool> =
-        responses.iter().map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, eos), r.finished)).collect();
+    let correct = v.correct.as_slice();
     let correct_counts: Vec<usize> = correct.chunks(n).map(|c| c.iter().filter(|&&x| x).count()).collect();
     let ks: Vec<usize> = (1..=n).collect();
     let pass_at_k = pass_at_k_curve(&correct_counts, n, &ks)?;
     let unsolvable = correct_counts.iter().enumerate().filter(|(_, &c)| c == 0).map(|(i, _)| i).collect();
-    let p = padded(responses, cfg.max_new);
-    let log_ppl = cpu::log_ppl(&p.logp, &p.mask, p.r)?;
-    let ppl: Vec<f64> = log_ppl.iter().map(|x| x.map_or(f64::NAN, |v| v as f64)).collect();
-    let (ppl_c, ppl_w) = mean_by_correctness(&ppl, &correct)?;
+    let p = &v.padded;
+    let ppl: Vec<f64> = v.log_ppl.iter().map(|x| x.map_or(f64::NAN, |v| v as f64)).collect();
+    let (ppl_c, ppl_w) = mean_by_correctness(&ppl, correct)?;
     let ppl_all = ppl.iter().sum::<f64>() / ppl.len().max(1) as f64;
     let records: Vec<RolloutRecord> = responses
         .iter()
-        .zip(&correct)
+        .zip(correct)
         .map(|(r, &c)| RolloutRecord {
             problem: r.prompt / n,
             correct: c,
@@ -325,12 +336,12 @@ fn summarize(set: &[Problem], responses: &[Response], tok: &Tokenizer, cfg: &Ana
         pass_at_k,
         correct_counts,
         unsolvable,
-        entropy: token_split(&p.entropy, &p.mask, p.r, &correct),
-        branch: token_split(&p.branch, &p.mask, p.r, &correct),
-        logp: token_split(&p.logp, &p.mask, p.r, &correct),
+        entropy: token_split(&p.entropy, &p.mask, p.r, correct),
+        branch: token_split(&p.branch, &p.mask, p.r, correct),
+        logp: token_split(&p.logp, &p.mask, p.r, correct),
         log_ppl: Split { correct: ppl_c, incorrect: ppl_w, all: Some(ppl_all) },
-        entropy_by_position: by_position(&p.entropy, &p, &correct, cfg.bins)?,
-        branch_by_position: by_position(&p.branch, &p, &correct, cfg.bins)?,
+        entropy_by_position: by_position(&p.entropy, p, correct, cfg.bins)?,
+        branch_by_position: by_position(&p.branch, p, correct, cfg.bins)?,
         rft,
         sample_seconds: 0.0,
         seconds: 0.0,
@@ -376,7 +387,7 @@ fn rft_outcome(
 fn write_outputs(
     set: &[Problem],
     responses: &[Response],
-    tok: &Tokenizer,
+    v: &Verified,
     cfg: &AnalyzeConfig,
     report: &mut AnalyzeReport,
 ) -> Result<()> {
@@ -395,21 +406,16 @@ fn write_outputs(
     });
     log.write(&Record::Config(&config))?;
     let n = cfg.samples;
-    let eos = tok.eos_id();
-    let p = padded(responses, cfg.max_new);
-    let log_ppl = cpu::log_ppl(&p.logp, &p.mask, p.r)?;
     for (i, r) in responses.iter().enumerate() {
-        let text = text_of(tok, r, eos);
-        let problem = &set[r.prompt / n];
         let rec = ResponseRecord {
             problem: r.prompt / n,
-            correct: is_correct(problem, &text, r.finished),
+            correct: v.correct[i],
             finished: r.finished,
             tokens: r.tokens.len(),
             mean_entropy: mean(r.entropy.iter().map(|&x| x as f64)),
             mean_branch: mean(r.branch.iter().map(|&x| x as f64)),
-            log_ppl: log_ppl[i],
-            text,
+            log_ppl: v.log_ppl[i],
+            text: v.text[i].clone(),
         };
         write_json(&mut log, "response", &rec)?;
     }
@@ -417,7 +423,7 @@ fn write_outputs(
         let v = serde_json::json!({ "id": i, "question": pr.question, "answer": pr.answer, "correct": c, "n": n });
         write_json(&mut log, "problem", &v)?;
     }
-    report.files = figures(&cfg.out_dir, report, responses, &log_ppl, set, tok, cfg)?;
+    report.files = figures(&cfg.out_dir, report, responses, v, cfg)?;
     report.files.insert(0, log.path().to_path_buf());
     write_json(&mut log, "summary", &*report)?;
     Ok(())
@@ -439,9 +445,7 @@ fn figures(
     dir: &Path,
     report: &AnalyzeReport,
     responses: &[Response],
-    log_ppl: &[Option<f32>],
-    set: &[Problem],
-    tok: &Tokenizer,
+    v: &Verified,
     cfg: &AnalyzeConfig,
 ) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -495,17 +499,15 @@ fn figures(
 
     // Distributions: sequence log-PPL and token entropy, correct vs incorrect, as the share of
     // responses (tokens) per bin.
-    let n = cfg.samples;
-    let verdict: Vec<bool> =
-        responses.iter().map(|r| is_correct(&set[r.prompt / n], &text_of(tok, r, tok.eos_id()), r.finished)).collect();
+    let (verdict, log_ppl) = (v.correct.as_slice(), v.log_ppl.as_slice());
     let ppl_c: Vec<f64> =
-        log_ppl.iter().zip(&verdict).filter(|(_, &c)| c).filter_map(|(x, _)| x.map(f64::from)).collect();
+        log_ppl.iter().zip(verdict).filter(|(_, &c)| c).filter_map(|(x, _)| x.map(f64::from)).collect();
     let ppl_w: Vec<f64> =
-        log_ppl.iter().zip(&verdict).filter(|(_, &c)| !c).filter_map(|(x, _)| x.map(f64::from)).collect();
+        log_ppl.iter().zip(verdict).filter(|(_, &c)| !c).filter_map(|(x, _)| x.map(f64::from)).collect();
     let ent = |want: bool| -> Vec<f64> {
         responses
             .iter()
-            .zip(&verdict)
+            .zip(verdict)
             .filter(|(_, &c)| c == want)
             .flat_map(|(r, _)| r.entropy.iter().map(|&x| x as f64))
             .collect()

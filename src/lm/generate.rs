@@ -70,6 +70,14 @@ pub struct Response {
     pub logits: Option<Vec<f32>>,
 }
 
+impl Response {
+    /// The response text up to (not including) the end-of-sequence token `eos`.
+    pub fn text(&self, tok: &super::tokenizer::Tokenizer, eos: u32) -> String {
+        let ids: Vec<u32> = self.tokens.iter().copied().take_while(|&t| t != eos).collect();
+        tok.decode(&ids)
+    }
+}
+
 /// Samples one response per prompt (repeat a prompt for several samples). `eos` ends a response;
 /// `progress` is called with the number of tokens sampled after every decoding step.
 pub fn sample(

@@ -9,7 +9,6 @@
 //! only). Held-out Pass@k is evaluated before and after. The metrics are the toy loop's
 //! ([`StepMetrics`], [`EvalResult`]), so its figures draw them.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -26,13 +25,11 @@ use super::task::{is_correct, problems, Problem, TaskKind};
 use super::tokenizer::Tokenizer;
 use crate::config::{AdvantageConfig, GrpoConfig, KlEstimator, KlPenalty, TokenStatsConfig};
 use crate::error::{Error, Result};
-use crate::metrics::{
-    entropy_by_position, masked_mean, mean_by_correctness, pass_at_k_curve, sequence_means, unsolvable,
-};
+use crate::metrics::masked_mean;
 use crate::ops::{self, GrpoLossInputs, GrpoLossOutput};
-use crate::train::eval::{overlaps, EvalResult, OverlapRecord};
+use crate::train::eval::{eval_result, overlaps, EvalResult, OverlapRecord, Samples};
 use crate::train::figures;
-use crate::train::grpo::{StepMetrics, UpdateTally};
+use crate::train::grpo::{split_by_correctness, StepMetrics, UpdateTally};
 use crate::train::log::{MetricsLog, Record};
 use crate::train::{Progress, ShapingKind};
 
@@ -340,14 +337,7 @@ impl Rollouts {
         let rewards: Vec<f32> = responses
             .iter()
             .zip(&problems)
-            .map(|(r, &i)| {
-                let ids: Vec<u32> = r.tokens.iter().copied().take_while(|&t| t != eos).collect();
-                if is_correct(&set[i], &tok.decode(&ids), r.finished) {
-                    1.0
-                } else {
-                    0.0
-                }
-            })
+            .map(|(r, &i)| if is_correct(&set[i], &r.text(tok, eos), r.finished) { 1.0 } else { 0.0 })
             .collect();
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let resp_len = responses.iter().map(|r| r.tokens.len()).max().unwrap_or(1);
@@ -423,10 +413,7 @@ impl Trainer<'_> {
                 tally.add(&out, &ro.mask[range.start * ro.resp_len..range.end * ro.resp_len], epoch == 0)?;
             }
         }
-        let per_seq = sequence_means(&ro.entropy, &ro.mask, ro.resp_len)?;
-        let (v, c): (Vec<f64>, Vec<bool>) =
-            per_seq.iter().zip(ro.correct()).filter_map(|(m, c)| m.map(|m| (m, c))).unzip();
-        let (ec, ei) = mean_by_correctness(&v, &c)?;
+        let (ec, ei) = split_by_correctness(&ro.entropy, &ro.mask, ro.resp_len, &ro.correct())?;
         let mut m = StepMetrics {
             shaping: cfg.shaping.name(),
             step,
@@ -532,38 +519,15 @@ pub fn evaluate(
     let ro = Rollouts::sample(model, tok, problems, &ids, n, cfg, &mut rng)?;
     progress.step("");
     progress.finish();
-    let correct = ro.correct();
-    let per_problem: Vec<Vec<bool>> = correct.chunks(n).map(<[bool]>::to_vec).collect();
-    let counts: Vec<usize> = per_problem.iter().map(|c| c.iter().filter(|&&x| x).count()).collect();
-    let ks: Vec<usize> = (1..=n).collect();
-    let r = ro.resp_len;
-    let bins = entropy_by_position(&ro.entropy, &ro.mask, r, cfg.bins)?;
-    let mask_correct: Vec<f32> =
-        ro.mask.iter().enumerate().map(|(t, &m)| if correct[t / r] { m } else { 0.0 }).collect();
-    let bins_correct = entropy_by_position(&ro.entropy, &mask_correct, r, cfg.bins)?;
-    let per_seq = sequence_means(&ro.entropy, &ro.mask, r)?;
-    let (v, c): (Vec<f64>, Vec<bool>) = per_seq.iter().zip(&correct).filter_map(|(m, &c)| m.map(|m| (m, c))).unzip();
-    let (ec, ei) = mean_by_correctness(&v, &c)?;
-    let unsolved: BTreeSet<usize> = unsolvable(&per_problem, n)?;
-    Ok(EvalResult {
-        checkpoint: name.to_string(),
-        n,
-        pass_at_k: pass_at_k_curve(&counts, n, &ks)?,
-        k: ks,
-        correct_counts: counts,
-        unsolvable_k: n,
-        unsolvable: unsolved,
-        entropy_by_position: bins.iter().map(|b| b.0).collect(),
-        position_counts: bins.iter().map(|b| b.1).collect(),
-        entropy_by_position_correct: bins_correct.iter().map(|b| b.0).collect(),
-        position_counts_correct: bins_correct.iter().map(|b| b.1).collect(),
-        mean_entropy: masked_mean(&ro.entropy, &ro.mask)?.unwrap_or(0.0),
-        entropy_correct: ec,
-        entropy_incorrect: ei,
-        mean_branch: masked_mean(&ro.branch, &ro.mask)?.unwrap_or(0.0),
-        response_len: ro.responses.iter().map(|r| r.tokens.len() as f64).sum::<f64>()
-            / ro.responses.len().max(1) as f64,
+    let lengths: Vec<f64> = ro.responses.iter().map(|r| r.tokens.len() as f64).collect();
+    let samples = Samples {
+        correct: &ro.correct(),
+        entropy: &ro.entropy,
+        branch: &ro.branch,
+        mask: &ro.mask,
+        resp_len: ro.resp_len,
+        lengths: &lengths,
         garbage_mass: 0.0,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    eval_result(name, n, n, cfg.bins, &samples, start)
 }

@@ -79,32 +79,77 @@ pub fn evaluate(
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xE7A1_0000);
     let ids: Vec<usize> = (0..problems.len()).collect();
     let ro = sample(policy, task, problems, &ids, n, cfg.loss, &mut rng)?;
-    let correct = ro.correct();
-    let per_problem: Vec<Vec<bool>> = correct.chunks(n).map(<[bool]>::to_vec).collect();
+    let lengths: Vec<f64> = ro.lengths().iter().map(|&l| l as f64).collect();
+    let samples = Samples {
+        correct: &ro.correct(),
+        entropy: &ro.entropy,
+        branch: &ro.branch,
+        mask: &ro.mask,
+        resp_len: ro.resp_len,
+        lengths: &lengths,
+        garbage_mass: masked_mean(&ro.garbage, &ro.mask)?.unwrap_or(0.0),
+    };
+    eval_result(name, n, cfg.eval_k, cfg.bins, &samples, start)
+}
+
+/// Sampled responses to a list of problems (n consecutive per problem), in the padded `[B, R]`
+/// view, as an evaluation needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Samples<'a, B> {
+    /// Verifier verdict per response.
+    pub correct: &'a [bool],
+    /// Token entropy, `[B, R]`.
+    pub entropy: &'a [f32],
+    /// Branching factor, `[B, R]`.
+    pub branch: &'a [B],
+    /// Response mask, `[B, R]`.
+    pub mask: &'a [f32],
+    /// R.
+    pub resp_len: usize,
+    /// Length of each response in tokens.
+    pub lengths: &'a [f64],
+    /// Mean probability mass on garbage ids (0 where there are none).
+    pub garbage_mass: f64,
+}
+
+/// The evaluation of `n` samples per problem: Pass@k for k = 1..`k_max`, the `k_max`-rollout
+/// unsolvable set, entropy by relative position (`bins`) over all and over correct responses,
+/// the entropy split by correctness, the mean branching factor and length.
+pub fn eval_result<B: Copy + Into<f64>>(
+    name: &str,
+    n: usize,
+    k_max: usize,
+    bins: usize,
+    s: &Samples<'_, B>,
+    start: Instant,
+) -> Result<EvalResult> {
+    let per_problem: Vec<Vec<bool>> = s.correct.chunks(n).map(<[bool]>::to_vec).collect();
     let counts: Vec<usize> = per_problem.iter().map(|c| c.iter().filter(|&&x| x).count()).collect();
-    let ks: Vec<usize> = (1..=cfg.eval_k).collect();
-    let bins = entropy_by_position(&ro.entropy, &ro.mask, ro.resp_len, cfg.bins)?;
-    let bins_correct = entropy_by_position(&ro.entropy, &ro.mask_where(&correct), ro.resp_len, cfg.bins)?;
-    let (ec, ei) = split_by_correctness(&ro.entropy, &ro)?;
-    let lengths = ro.lengths();
+    let ks: Vec<usize> = (1..=k_max).collect();
+    let r = s.resp_len;
+    let all = entropy_by_position(s.entropy, s.mask, r, bins)?;
+    let mask_correct: Vec<f32> =
+        s.mask.iter().enumerate().map(|(t, &m)| if s.correct[t / r] { m } else { 0.0 }).collect();
+    let correct_bins = entropy_by_position(s.entropy, &mask_correct, r, bins)?;
+    let (ec, ei) = split_by_correctness(s.entropy, s.mask, r, s.correct)?;
     Ok(EvalResult {
         checkpoint: name.to_string(),
         n,
         pass_at_k: pass_at_k_curve(&counts, n, &ks)?,
         k: ks,
         correct_counts: counts,
-        unsolvable_k: cfg.eval_k,
-        unsolvable: unsolvable(&per_problem, cfg.eval_k)?,
-        entropy_by_position: bins.iter().map(|b| b.0).collect(),
-        position_counts: bins.iter().map(|b| b.1).collect(),
-        entropy_by_position_correct: bins_correct.iter().map(|b| b.0).collect(),
-        position_counts_correct: bins_correct.iter().map(|b| b.1).collect(),
-        mean_entropy: masked_mean(&ro.entropy, &ro.mask)?.unwrap_or(0.0),
+        unsolvable_k: k_max,
+        unsolvable: unsolvable(&per_problem, k_max)?,
+        entropy_by_position: all.iter().map(|b| b.0).collect(),
+        position_counts: all.iter().map(|b| b.1).collect(),
+        entropy_by_position_correct: correct_bins.iter().map(|b| b.0).collect(),
+        position_counts_correct: correct_bins.iter().map(|b| b.1).collect(),
+        mean_entropy: masked_mean(s.entropy, s.mask)?.unwrap_or(0.0),
         entropy_correct: ec,
         entropy_incorrect: ei,
-        mean_branch: masked_mean(&ro.branch, &ro.mask)?.unwrap_or(0.0),
-        response_len: lengths.iter().sum::<usize>() as f64 / lengths.len().max(1) as f64,
-        garbage_mass: masked_mean(&ro.garbage, &ro.mask)?.unwrap_or(0.0),
+        mean_branch: masked_mean(s.branch, s.mask)?.unwrap_or(0.0),
+        response_len: s.lengths.iter().sum::<f64>() / s.lengths.len().max(1) as f64,
+        garbage_mass: s.garbage_mass,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -148,7 +148,7 @@ impl GrpoTrainer<'_> {
     /// Reward, entropy (all, correct, incorrect), branch, length and garbage mass of the
     /// rollouts, as the sampling policy saw them (the token-stats op during sampling).
     fn rollout_metrics(&self, ro: &Rollouts, step: usize) -> Result<StepMetrics> {
-        let (ec, ei) = split_by_correctness(&ro.entropy, ro)?;
+        let (ec, ei) = split_by_correctness(&ro.entropy, &ro.mask, ro.resp_len, &ro.correct())?;
         let lengths = ro.lengths();
         Ok(StepMetrics {
             shaping: self.shaping.name(),
@@ -202,12 +202,17 @@ impl UpdateTally {
     }
 }
 
-/// Mean over correct and over incorrect responses of each response's mean token value.
-pub fn split_by_correctness(values: &[f32], ro: &Rollouts) -> Result<(Option<f64>, Option<f64>)> {
-    let per_seq = sequence_means(values, &ro.mask, ro.resp_len)?;
-    let correct = ro.correct();
+/// Mean over correct and over incorrect responses of each response's mean token value, in the
+/// padded `[B, R]` view (R = `resp_len`).
+pub fn split_by_correctness(
+    values: &[f32],
+    mask: &[f32],
+    resp_len: usize,
+    correct: &[bool],
+) -> Result<(Option<f64>, Option<f64>)> {
+    let per_seq = sequence_means(values, mask, resp_len)?;
     // Every sampled response has at least one token, so `None` (no tokens) does not occur;
     // such a sequence would simply be left out.
-    let (v, c): (Vec<f64>, Vec<bool>) = per_seq.iter().zip(&correct).filter_map(|(m, &c)| m.map(|m| (m, c))).unzip();
+    let (v, c): (Vec<f64>, Vec<bool>) = per_seq.iter().zip(correct).filter_map(|(m, &c)| m.map(|m| (m, c))).unzip();
     mean_by_correctness(&v, &c)
 }
