@@ -36,7 +36,7 @@ fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .throughput(Throughput::Bytes((n * v * <E as Element>::DTYPE.size()) as u64));
-    let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true, filter: None };
     let no_p = TokenStatsConfig { top_p: None, ..with_p };
 
     let tensor = Tensor::from_slice(&logits, (n, v), &Device::Cpu).expect("tensor");

@@ -125,7 +125,7 @@ fn bench_dtype<E: Element + DeviceRepr + CudaDType>(
     let plain_ms = cuda::median_ms(&s.stream, 3, s.iters, |_| cuda::plain_read_into(&s.stream, &view, v, &mut plain))?;
     // The fused statistics of the first `rows` rows.
     let fused = |rows: usize, top_p: Option<f32>| -> BenchResult<f64> {
-        let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: false };
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: false, filter: None };
         let mut out = TokenStatsBuffers::new(&s.stream, rows, true, top_p.is_some())?;
         let (z, y) = (view.slice(..rows * v), tv.slice(..rows));
         Ok(cuda::median_ms(&s.stream, 3, s.iters, |_| {
@@ -169,7 +169,7 @@ struct Naive {
 /// the wall clock: one warm-up, then at least 3 runs without top-p and `naive_runs` with it.
 fn time_naive(s: &Setup, logits: &Tensor, targets: &Tensor) -> BenchResult<Naive> {
     let time = |top_p: Option<f32>, runs: usize| -> BenchResult<f64> {
-        let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: false };
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: false, filter: None };
         let mut ms = Vec::new();
         for _ in 0..runs.max(1) {
             s.dev.synchronize()?;

@@ -29,7 +29,7 @@ fn main() {
         let (targets, z) = rows::targets_and_rows(&kind);
         (targets, z, rows::V)
     };
-    let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let with_p = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true, filter: None };
     let no_p = TokenStatsConfig { top_p: None, ..with_p };
     let ms = |f: &mut dyn FnMut()| {
         let t = Instant::now();

@@ -18,19 +18,113 @@ pub struct TokenStatsConfig {
     /// Return [`Error::NonFiniteLogits`] for NaN/+inf logits. With `false` those rows give NaN
     /// statistics instead (on a GPU this saves a host synchronisation).
     pub check_finite: bool,
+    /// The rollout sampler's filter: with it the statistics also give the truncated log-prob ℓ̃,
+    /// entropy H̃, lse and size of the kept set K (see [`SamplingFilter`]); `None` (the default)
+    /// computes exactly what it computed before filters existed.
+    pub filter: Option<SamplingFilter>,
 }
 
 impl Default for TokenStatsConfig {
     fn default() -> Self {
-        Self { temperature: 1.0, top_p: Some(DEFAULT_TOP_P), check_finite: true }
+        Self { temperature: 1.0, top_p: Some(DEFAULT_TOP_P), check_finite: true, filter: None }
     }
 }
 
 impl TokenStatsConfig {
-    /// Checks temperature and top-p.
+    /// Checks temperature, top-p and the filter.
     pub fn validate(&self) -> Result<()> {
         check_temperature(self.temperature)?;
-        check_top_p(self.top_p)
+        check_top_p(self.top_p)?;
+        self.filter.map_or(Ok(()), |f| f.validate())
+    }
+}
+
+/// A rollout engine's sampling filter, applied to p = softmax(z / T): top-k, top-p, or top-k
+/// then top-p over the top-k-renormalised distribution (vLLM's order).
+///
+/// The kept set K is every token whose probability is above the filter's crossing probability
+/// τ plus **all** tokens tied at τ. (A sampler keeps an unspecified subset of the tied tokens;
+/// keeping all of them is the one choice that does not depend on an order the sampler does
+/// not define.) Tokens with p = 0 (logit −inf) are never kept. Top-p = 1 keeps every token of
+/// positive probability; top-k ≥ V keeps every token. See DESIGN.md §4.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SamplingFilter {
+    /// Keep the k most probable tokens (k ≥ 1; all ties at the k-th probability are kept too).
+    pub top_k: Option<u32>,
+    /// Keep the smallest most-probable set holding ≥ p of the (top-k-renormalised) mass,
+    /// p ∈ (0, 1] (all ties at the crossing are kept too).
+    pub top_p: Option<f32>,
+}
+
+impl SamplingFilter {
+    /// Top-p only.
+    pub const fn top_p(p: f32) -> Self {
+        Self { top_k: None, top_p: Some(p) }
+    }
+
+    /// Top-k only.
+    pub const fn top_k(k: u32) -> Self {
+        Self { top_k: Some(k), top_p: None }
+    }
+
+    /// Top-k, then top-p over what top-k kept.
+    pub const fn top_k_top_p(k: u32, p: f32) -> Self {
+        Self { top_k: Some(k), top_p: Some(p) }
+    }
+
+    /// Checks k ≥ 1, p ∈ (0, 1] and that at least one part is set.
+    pub fn validate(&self) -> Result<()> {
+        if self.top_k.is_none() && self.top_p.is_none() {
+            return Err(Error::InvalidConfig {
+                name: "filter",
+                value: "{}".into(),
+                why: "a filter needs top_k, top_p or both (no filter is `None`)",
+            });
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::InvalidConfig { name: "filter.top_k", value: "0".into(), why: "must be >= 1" });
+        }
+        match self.top_p {
+            Some(p) if !(p > 0.0 && p <= 1.0) => {
+                Err(Error::InvalidConfig { name: "filter.top_p", value: p.to_string(), why: "must be in (0, 1]" })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for SamplingFilter {
+    /// `top-k=50,top-p=0.95` (the form `rlvr stats --filter` takes).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = self.top_k.map(|k| format!("top-k={k}"));
+        let p = self.top_p.map(|p| format!("top-p={p}"));
+        let parts: Vec<String> = k.into_iter().chain(p).collect();
+        write!(f, "{}", parts.join(","))
+    }
+}
+
+impl std::str::FromStr for SamplingFilter {
+    type Err = Error;
+
+    /// Parses `top-p=0.95`, `top-k=50` or both joined by a comma (either order), and validates.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &'static str| Error::InvalidConfig { name: "filter", value: s.to_string(), why };
+        let mut f = SamplingFilter::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, val) = part.split_once('=').ok_or_else(|| bad("expected top-p=P and/or top-k=K"))?;
+            match key.trim() {
+                "top-p" | "top_p" if f.top_p.is_none() => {
+                    f.top_p = Some(val.trim().parse().map_err(|_| bad("top-p must be a number in (0, 1]"))?);
+                }
+                "top-k" | "top_k" if f.top_k.is_none() => {
+                    f.top_k = Some(val.trim().parse().map_err(|_| bad("top-k must be an integer >= 1"))?);
+                }
+                "top-p" | "top_p" | "top-k" | "top_k" => return Err(bad("each of top-p and top-k may appear once")),
+                _ => return Err(bad("unknown part: expected top-p=P and/or top-k=K")),
+            }
+        }
+        f.validate()?;
+        Ok(f)
     }
 }
 
@@ -211,6 +305,14 @@ pub struct GrpoConfig {
     pub aggregation: Aggregation,
     /// Error on NaN/+inf logits (default true); see [`TokenStatsConfig::check_finite`].
     pub check_finite: bool,
+    /// The sampler's filter (default `None`). With it (or with a given
+    /// [`crate::types::KeptMask`] in the inputs) the ratio is built from the truncated log-prob
+    /// ℓ̃ = x_y − ln Σ_{i∈K} e^{x_i}, so ℓ_old must be the sampler's own truncated log-prob;
+    /// a target outside K is flagged ([`crate::types::OUTSIDE_KEPT`]) and uses ℓ.
+    pub filter: Option<SamplingFilter>,
+    /// With a filter or mask: the entropy bonus uses the truncated entropy H̃ instead of H
+    /// (default false).
+    pub kept_entropy: bool,
 }
 
 impl Default for GrpoConfig {
@@ -225,6 +327,8 @@ impl Default for GrpoConfig {
             top_p: None,
             aggregation: Aggregation::TOKEN_MEAN,
             check_finite: true,
+            filter: None,
+            kept_entropy: false,
         }
     }
 }
@@ -234,6 +338,9 @@ impl GrpoConfig {
     pub fn validate(&self) -> Result<()> {
         check_temperature(self.temperature)?;
         check_top_p(self.top_p)?;
+        if let Some(f) = self.filter {
+            f.validate()?;
+        }
         self.aggregation.validate()?;
         check_finite_cfg("clip_low", self.clip_low)?;
         check_finite_cfg("clip_high", self.clip_high)?;
@@ -275,7 +382,12 @@ impl GrpoConfig {
 
     /// The settings of the statistics part of the forward pass.
     pub fn token_stats(&self) -> TokenStatsConfig {
-        TokenStatsConfig { temperature: self.temperature, top_p: self.top_p, check_finite: self.check_finite }
+        TokenStatsConfig {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            check_finite: self.check_finite,
+            filter: self.filter,
+        }
     }
 }
 

@@ -96,6 +96,16 @@ pub enum Error {
         value: f64,
     },
 
+    /// A rollout engine's kept mask (CSR `token_ids` + `offsets`) is malformed.
+    #[error("kept mask, row {row}: {why}")]
+    InvalidKeptMask {
+        /// The first bad row (for offsets that do not start at 0 or end at the ids' length: the
+        /// row whose boundary is wrong).
+        row: usize,
+        /// What is wrong (an id out of range, a repeated id, decreasing offsets, an empty row).
+        why: String,
+    },
+
     /// top-p must lie in the open interval (0, 1).
     #[error("top_p = {0} is outside (0, 1)")]
     InvalidTopP(f64),

@@ -31,9 +31,11 @@ pub mod types;
 pub mod validate;
 
 pub use config::{
-    AdvantageConfig, Aggregation, GrpoConfig, KlEstimator, KlPenalty, PositionShaping, PplShaping, Shaping,
-    TokenStatsConfig, DEFAULT_TOP_P,
+    AdvantageConfig, Aggregation, GrpoConfig, KlEstimator, KlPenalty, PositionShaping, PplShaping, SamplingFilter,
+    Shaping, TokenStatsConfig, DEFAULT_TOP_P,
 };
 pub use element::{DType, Element};
 pub use error::{Error, Result};
-pub use types::{GrpoForward, GrpoInputs, GrpoSaved, TokenStats, CLIPPED, DUAL_CLIPPED};
+pub use types::{
+    GrpoForward, GrpoInputs, GrpoSaved, KeptMask, KeptSaved, KeptStats, TokenStats, CLIPPED, DUAL_CLIPPED, OUTSIDE_KEPT,
+};

@@ -52,7 +52,7 @@ pub fn candle_token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &Token
         Some(top_p) => Some(p.to_vec2::<f32>()?.into_iter().map(|row| sorted_branch(row, top_p)).collect()),
         None => None,
     };
-    Ok(TokenStats { lse, entropy: entropy.to_vec1()?, logp, branch })
+    Ok(TokenStats { lse, entropy: entropy.to_vec1()?, logp, branch, kept: None })
 }
 
 /// The branch count of one probability row by sorting: the number of cumulative sums (largest

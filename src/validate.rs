@@ -107,3 +107,63 @@ pub fn row_problem(row: usize, values: impl Iterator<Item = f64>) -> Option<Erro
         Some(Error::AllNegInfRow { row })
     }
 }
+
+/// A kept mask's CSR layout against N rows of V logits: N + 1 offsets from 0 to the ids' length,
+/// non-decreasing, every row non-empty, ids < V and distinct within a row.
+pub fn kept_mask(mask: &crate::types::KeptMask, n: usize, vocab: usize) -> Result<()> {
+    len("kept_mask.offsets", mask.offsets.len(), n + 1, "N + 1 row starts")?;
+    let bad = |row: usize, why: String| Err(Error::InvalidKeptMask { row, why });
+    if mask.offsets[0] != 0 {
+        return bad(0, format!("offsets start at {}, not 0", mask.offsets[0]));
+    }
+    let ids = mask.token_ids.len() as u64;
+    let mut seen = vec![u32::MAX; vocab];
+    for r in 0..n {
+        let (a, b) = (mask.offsets[r], mask.offsets[r + 1]);
+        if b < a {
+            return bad(r, format!("offsets decrease ({a} then {b})"));
+        }
+        if b > ids {
+            return bad(r, format!("offset {b} is past the {ids} token ids"));
+        }
+        if a == b {
+            return bad(r, "the row keeps no token (a sampler keeps at least one)".into());
+        }
+        for &id in &mask.token_ids[a as usize..b as usize] {
+            if id as usize >= vocab {
+                return bad(r, format!("token id {id} is out of range for vocabulary size {vocab}"));
+            }
+            if seen[id as usize] == r as u32 {
+                return bad(r, format!("token id {id} is repeated"));
+            }
+            seen[id as usize] = r as u32;
+        }
+    }
+    if mask.offsets[n] != ids {
+        return bad(n.saturating_sub(1), format!("offsets end at {}, but there are {ids} token ids", mask.offsets[n]));
+    }
+    Ok(())
+}
+
+/// At most one of a recomputed filter and a given mask, each valid; at least one.
+pub fn filter_or_mask(
+    filter: Option<&crate::config::SamplingFilter>,
+    mask: Option<&crate::types::KeptMask>,
+    n: usize,
+    vocab: usize,
+) -> Result<()> {
+    match (filter, mask) {
+        (Some(_), Some(_)) => Err(Error::InvalidConfig {
+            name: "filter",
+            value: "a filter and a kept mask".into(),
+            why: "give one: the filter recomputes K, the mask is the engine's K",
+        }),
+        (None, None) => Err(Error::InvalidConfig {
+            name: "filter",
+            value: "none".into(),
+            why: "statistics over a kept set need a filter or a kept mask",
+        }),
+        (Some(f), None) => f.validate(),
+        (None, Some(m)) => m.validate(n, vocab),
+    }
+}

@@ -196,7 +196,7 @@ const ENTROPY_TOL: f64 = 1e-4;
 
 /// Checks `stats` against the f64 reference on `input` at (temperature, top-p).
 fn check_against_reference(input: &Input, stats: &Stats, temperature: f32, top_p: f32) {
-    let cfg = TokenStatsConfig { temperature, top_p: Some(top_p), check_finite: true };
+    let cfg = TokenStatsConfig { temperature, top_p: Some(top_p), check_finite: true, filter: None };
     let v = input.vocab();
     let want = reference::token_stats(&input.logits, v, Some(&input.targets), &cfg).unwrap();
     assert_eq!(stats.lse.len(), want.len());

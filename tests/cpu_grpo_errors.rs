@@ -50,6 +50,7 @@ impl Fx {
             ref_logp: self.refl.as_deref(),
             advantages: &self.adv,
             seq_len: self.seq_len,
+            kept_mask: None,
         }
     }
 
@@ -240,7 +241,15 @@ fn empty_batch() {
     let grad = cpu::grpo_backward(&f.z, V, &f.targets, &fwd.saved, 1.0, 1.0).unwrap();
     assert!(grad.iter().all(|&g| g.to_bits() == 0));
     // N = 0 rows: nothing to do, loss 0.
-    let none = GrpoInputs { targets: &[], mask: &[], old_logp: &[], ref_logp: Some(&[]), advantages: &[], seq_len: 3 };
+    let none = GrpoInputs {
+        targets: &[],
+        mask: &[],
+        old_logp: &[],
+        ref_logp: Some(&[]),
+        advantages: &[],
+        seq_len: 3,
+        kept_mask: None,
+    };
     let fwd = cpu::grpo_forward::<f32>(&[], V, &none, &f.cfg).unwrap();
     assert_eq!((fwd.loss, fwd.token_loss.len()), (0.0, 0));
     assert!(cpu::grpo_backward::<f32>(&[], V, &[], &fwd.saved, 1.0, 1.0).unwrap().is_empty());

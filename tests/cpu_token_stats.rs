@@ -77,7 +77,7 @@ fn close(what: &str, row: usize, got: f32, want: f64, tol: f64) -> Result<(), Te
 fn check<E: Element>(spec: &LogitsSpec, t: f32, top_p: Option<f32>, with_targets: bool) -> Result<(), TestCaseError> {
     let (logits, z) = round_to::<E>(&spec.generate());
     let targets = with_targets.then(|| spec.targets());
-    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true };
+    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true, filter: None };
     let fast = cpu::token_stats(&logits, spec.vocab, targets.as_deref(), &cfg).expect("valid input");
     let want = reference::token_stats(&z, spec.vocab, targets.as_deref(), &cfg).expect("valid input");
     prop_assert_eq!(fast.lse.len(), spec.rows);
@@ -146,7 +146,7 @@ proptest! {
 fn review_row_is_in_band() {
     fn one<E: Element>(vocab: usize) {
         let (logits, z) = round_to::<E>(&review_row(vocab, 12));
-        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true };
+        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true, filter: None };
         let k = cpu::token_stats(&logits, vocab, None, &cfg).unwrap().branch.unwrap()[0];
         let (lo, hi) = reference::branch_band(&z, 0.5, 0.95f32 as f64);
         assert!(lo <= k && k <= hi, "{:?} V = {vocab}: k = {k} not in [{lo}, {hi}]", E::DTYPE);
@@ -172,7 +172,7 @@ fn check_naive(spec: &LogitsSpec, t: f32, top_p: Option<f32>, bf: bool) -> Resul
     let logits = logits.expect("tensor");
     let targets = spec.targets();
     let y = candle_core::Tensor::new(targets.as_slice(), &candle_core::Device::Cpu).expect("tensor");
-    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true };
+    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true, filter: None };
     let got = naive::candle_token_stats(&logits, Some(&y), &cfg).expect("valid input");
     let want = reference::token_stats(&z, spec.vocab, Some(&targets), &cfg).expect("valid input");
     let t64 = t as f64;
@@ -217,7 +217,7 @@ proptest! {
     #[test]
     fn naive_plain_lse_matches_reference(spec in logits_spec(), bf in any::<bool>()) {
         let values = spec.generate();
-        let cfg = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true };
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true, filter: None };
         let (got, z) = if bf {
             let (e, z) = round_to::<bf16>(&values);
             (naive::plain_lse(&e, spec.vocab), z)

@@ -352,7 +352,15 @@ fn shape_and_config_errors() {
     let short = dev.logits.slice(0..5 * v);
     let e = cuda::grpo_backward(&s, &short, v, &tv, &fwd.saved, 0.9, 1.0.into()).unwrap_err();
     assert!(matches!(e, Error::ShapeMismatch { name: "targets", .. }), "{e:?}");
-    let none = GrpoInputs { targets: &[], mask: &[], old_logp: &[], ref_logp: Some(&[]), advantages: &[], seq_len: 3 };
+    let none = GrpoInputs {
+        targets: &[],
+        mask: &[],
+        old_logp: &[],
+        ref_logp: Some(&[]),
+        advantages: &[],
+        seq_len: 3,
+        kept_mask: None,
+    };
     let empty = cuda::grpo_forward_host::<bf16>(&s, &[], 7, &none, &c.cfg).unwrap();
     assert_eq!((empty.loss, empty.logp.len(), empty.saved.lse.len()), (0.0, 0, 0));
 }

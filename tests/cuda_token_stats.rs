@@ -153,7 +153,7 @@ fn check<E: Element + DeviceRepr>(
     };
     let (logits, z) = round_to::<E>(&spec.generate());
     let targets = with_targets.then(|| spec.targets());
-    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true };
+    let cfg = TokenStatsConfig { temperature: t, top_p, check_finite: true, filter: None };
     let d_logits = stream.clone_htod(&logits).unwrap();
     let d_targets = targets.as_ref().map(|t| stream.clone_htod(t).unwrap());
     let fast = run(&stream, &d_logits, spec.vocab, d_targets.as_ref(), &cfg).expect("valid input");
@@ -210,7 +210,7 @@ fn review_row_is_in_band() {
     let Some(stream) = gpu_or_skip("review_row_is_in_band") else { return };
     fn one<E: Element + DeviceRepr>(stream: &Arc<CudaStream>, vocab: usize) {
         let (logits, z) = round_to::<E>(&review_row(vocab, 12));
-        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true };
+        let cfg = TokenStatsConfig { temperature: 0.5, top_p: Some(0.95), check_finite: true, filter: None };
         let fast = run(stream, &stream.clone_htod(&logits).unwrap(), vocab, None, &cfg).unwrap();
         compare::<E>(&z, vocab, None, &cfg, &fast, 0..1).unwrap_or_else(|e| panic!("{:?} V = {vocab}: {e}", E::DTYPE));
     }
@@ -232,7 +232,7 @@ fn keys_far_above_the_max_at_small_temperature() {
         let v = 3001;
         let row: Vec<f32> = (0..v).map(|i| values[(i * 7919) % values.len()]).collect();
         let (logits, z) = round_to::<E>(&row);
-        let cfg = TokenStatsConfig { temperature: 0.1, top_p: Some(p), check_finite: true };
+        let cfg = TokenStatsConfig { temperature: 0.1, top_p: Some(p), check_finite: true, filter: None };
         let fast = run(stream, &stream.clone_htod(&logits).unwrap(), v, None, &cfg).unwrap();
         compare::<E>(&z, v, None, &cfg, &fast, 0..1).unwrap_or_else(|e| panic!("{:?} {values:?}: {e}", E::DTYPE));
     }
@@ -255,7 +255,7 @@ fn kernel_first_used_on_another_thread() {
     let s = spec(RowKind::Zipf, rows, vocab, 3);
     let (logits, z) = round_to::<f32>(&s.generate());
     let d = stream.clone_htod(&logits).unwrap();
-    let plain = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true };
+    let plain = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true, filter: None };
     cuda::token_stats(&stream, &d.as_view(), vocab, None, &plain).unwrap();
     let cfg = TokenStatsConfig { top_p: Some(0.9), ..plain };
     let mut out = TokenStatsBuffers::new(&stream, rows, false, true).unwrap();
@@ -289,7 +289,7 @@ fn sanitizer_small_case() {
                 let s = spec(kind, rows, vocab, 7);
                 let (logits, z) = round_to::<E>(&s.generate());
                 let targets = s.targets();
-                let cfg = TokenStatsConfig { temperature: 0.7, top_p: p, check_finite: true };
+                let cfg = TokenStatsConfig { temperature: 0.7, top_p: p, check_finite: true, filter: None };
                 let d = stream.clone_htod(&logits).unwrap();
                 let dt = stream.clone_htod(&targets).unwrap();
                 let fast = run(stream, &d, vocab, Some(&dt), &cfg).unwrap();
@@ -308,7 +308,7 @@ fn sanitizer_small_case() {
 /// 66501 within the band). And 70000 distinct f32 values in one coarse
 /// bucket ([1, 1.25)): more than the 32768-key list, so f32 refines by re-reading the row.
 fn slow_paths(stream: &Arc<CudaStream>) {
-    let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+    let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true, filter: None };
     let v = 70_000;
     let tied = vec![bf16::from_f32(0.5); v];
     let fast = run(stream, &stream.clone_htod(&tied).unwrap(), v, None, &cfg).unwrap();
@@ -329,7 +329,7 @@ fn repeated_runs_are_bit_identical() {
         let s = spec(kind, gpu_env::sized(64, 4), 151_936, 11);
         let (logits, _) = round_to::<E>(&s.generate());
         let targets = s.targets();
-        let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true, filter: None };
         let d = stream.clone_htod(&logits).unwrap();
         let dt = stream.clone_htod(&targets).unwrap();
         let first = run(stream, &d, s.vocab, Some(&dt), &cfg).unwrap();
@@ -358,7 +358,7 @@ fn many_rows() {
     let s = spec(RowKind::LmLike, gpu_env::sized(70_000, 3000), 37, 5);
     let (logits, z) = round_to::<bf16>(&s.generate());
     let targets = s.targets();
-    let cfg = TokenStatsConfig { temperature: 1.3, top_p: Some(0.9), check_finite: true };
+    let cfg = TokenStatsConfig { temperature: 1.3, top_p: Some(0.9), check_finite: true, filter: None };
     let d = stream.clone_htod(&logits).unwrap();
     let dt = stream.clone_htod(&targets).unwrap();
     let fast = run(&stream, &d, s.vocab, Some(&dt), &cfg).unwrap();
@@ -397,7 +397,7 @@ fn offsets_beyond_u32() {
     let targets: Vec<u32> = (0..n).map(|r| spike(r).0 as u32).collect();
     let dt = stream.clone_htod(&targets).unwrap();
     let top_p = if sim { None } else { Some(0.95) };
-    let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: true };
+    let cfg = TokenStatsConfig { temperature: 1.0, top_p, check_finite: true, filter: None };
     let fast = run(&stream, &d, v, Some(&dt), &cfg).unwrap();
     for r in checked {
         let (j, h) = spike(r);
@@ -408,6 +408,7 @@ fn offsets_beyond_u32() {
             entropy: vec![fast.entropy[r]],
             logp: fast.logp.as_ref().map(|l| vec![l[r]]),
             branch: fast.branch.as_ref().map(|b| vec![b[r]]),
+            kept: None,
         };
         compare::<bf16>(&z, v, Some(&[targets[r]]), &cfg, &one, 0..1).unwrap_or_else(|e| panic!("row {r}: {e}"));
     }

@@ -86,6 +86,7 @@ fn one_minibatch_loss_matches_the_reference_on_the_models_logits() {
             ref_logp: Some(&inputs.ref_logp),
             advantages: &inputs.advantages,
             seq_len: r,
+            kept_mask: None,
         },
         &cfg.loss_config(),
     )

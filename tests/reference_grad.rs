@@ -188,6 +188,7 @@ impl Data {
             ref_logp: Some(&self.ref_logp),
             advantages: &self.advantages,
             seq_len,
+            kept_mask: None,
         }
     }
 }

@@ -13,13 +13,14 @@
 
 use rayon::prelude::*;
 
+use super::kept::RowKept;
 use super::math::{self, SimdKernel, BLOCK, LN_P_FLOOR};
 use super::sequence::aggregation_weights;
-use super::token_stats::{row_stats, with_scratch, RowOut};
+use super::token_stats::{kept_stats, row_stats, with_scratch, RowOut};
 use crate::config::{check_temperature, GrpoConfig, KlEstimator};
 use crate::element::{DType, Element};
 use crate::error::Result;
-use crate::types::{GrpoForward, GrpoInputs, GrpoSaved, CLIPPED, DUAL_CLIPPED};
+use crate::types::{GrpoForward, GrpoInputs, GrpoSaved, KeptSaved, CLIPPED, DUAL_CLIPPED, OUTSIDE_KEPT};
 use crate::validate;
 
 /// The ratio's log-domain clamp and the k3 estimator's u clamp (DESIGN.md §4).
@@ -131,26 +132,43 @@ pub fn grpo_forward<E: Element>(
     let n = validate::rows(logits.len(), vocab)?;
     inputs.validate(n, vocab, cfg.kl.is_some())?;
     let weights = aggregation_weights(inputs.mask, inputs.seq_len, &cfg.aggregation)?;
+    if cfg.filter.is_some() && inputs.kept_mask.is_some() {
+        validate::filter_or_mask(cfg.filter.as_ref(), inputs.kept_mask.as_ref(), n, vocab)?;
+    }
+    let how = |r: usize| match (cfg.filter, inputs.kept_mask) {
+        (_, Some(m)) => Some(RowKept::Ids(m.row(r))),
+        (Some(f), None) => Some(RowKept::Filter(f)),
+        (None, None) => None,
+    };
     let inv_t = 1.0 / cfg.temperature;
     let tokens: Vec<TokenOut> = logits
         .par_chunks_exact(vocab)
         .with_min_len(rows_per_task(vocab))
         .enumerate()
         .map(|(r, row)| {
-            let stats = with_scratch(|scratch| row_stats(row, inv_t, Some(inputs.targets[r]), cfg.top_p, scratch));
+            let y = Some(inputs.targets[r]);
+            let stats = with_scratch(|scratch| row_stats(row, inv_t, y, cfg.top_p, how(r), scratch));
             let ref_logp = inputs.ref_logp.map(|x| x[r]);
-            let loss = token_loss(stats.logp, inputs.old_logp[r], ref_logp, inputs.advantages[r], stats.entropy, cfg);
+            // With a kept set the ratio (and KL) use ℓ̃, the bonus H̃ when asked.
+            let (logp, entropy, outside) = match stats.kept {
+                Some(k) => (k.logp, if cfg.kept_entropy { k.entropy } else { stats.entropy }, k.outside),
+                None => (stats.logp, stats.entropy, false),
+            };
+            let mut loss = token_loss(logp, inputs.old_logp[r], ref_logp, inputs.advantages[r], entropy, cfg);
+            if outside {
+                loss.flags |= OUTSIDE_KEPT;
+            }
             TokenOut { stats, loss }
         })
         .collect();
     if cfg.check_finite {
         validate::first_bad_row(n, |r| tokens[r].stats.problem.error(r))?;
     }
-    Ok(assemble(&tokens, &weights, inputs.mask, cfg))
+    Ok(assemble(&tokens, &weights, inputs.mask, cfg, how(0).is_some()))
 }
 
 /// The struct-of-arrays output, the saved backward scalars and the f64 loss sum (token order).
-fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig) -> GrpoForward {
+fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig, filtered: bool) -> GrpoForward {
     let n = tokens.len();
     let mut loss = 0.0f64;
     let mut saved = GrpoSaved {
@@ -158,6 +176,7 @@ fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig
         entropy: Vec::with_capacity(n),
         grad_logp: Vec::with_capacity(n),
         grad_entropy: Vec::with_capacity(n),
+        kept: None,
     };
     for ((t, &a), &m) in tokens.iter().zip(weights).zip(mask) {
         let counts = m != 0.0;
@@ -169,15 +188,28 @@ fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig
         saved.grad_logp.push(if counts { a * t.loss.dtotal_dlogp } else { 0.0 });
         saved.grad_entropy.push(if counts { -a * cfg.entropy_coef } else { 0.0 });
     }
+    let rows: Vec<RowOut> = if filtered { tokens.iter().map(|t| t.stats).collect() } else { Vec::new() };
+    let kept = filtered.then(|| kept_stats(&rows, true));
+    if let Some(k) = &kept {
+        saved.kept = Some(KeptSaved {
+            lse: k.lse.clone(),
+            entropy: k.entropy.clone(),
+            threshold: rows.iter().map(|r| r.kept.map_or(f32::NAN, |k| k.threshold)).collect(),
+        });
+    }
     GrpoForward {
         loss: loss as f32,
         token_loss: tokens.iter().map(|t| t.loss.total).collect(),
-        logp: tokens.iter().map(|t| t.stats.logp).collect(),
+        logp: match &kept {
+            Some(k) => k.logp.clone().unwrap_or_default(),
+            None => tokens.iter().map(|t| t.stats.logp).collect(),
+        },
         ratio: tokens.iter().map(|t| t.loss.ratio).collect(),
         clip_flags: tokens.iter().map(|t| t.loss.flags).collect(),
         kl: cfg.kl.map(|_| tokens.iter().map(|t| t.loss.kl).collect()),
         branch: cfg.top_p.map(|_| tokens.iter().map(|t| t.stats.branch).collect()),
         saved,
+        kept,
     }
 }
 

@@ -135,7 +135,8 @@ pub(crate) fn row_stats<E: Element, const AVX2: bool>(
     for &b in bits {
         counts[b as usize] += 1;
     }
-    let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
+    let nan =
+        RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None, kept: None };
     let (pos_inf, neg_inf) = special_patterns(E::DTYPE);
     let bad = counts[pos_inf..0x8000].iter().chain(&counts[neg_inf + 1..]).fold(0, |a, &c| a | c) != 0;
     if bad {
@@ -182,7 +183,14 @@ pub(crate) fn row_stats<E: Element, const AVX2: bool>(
     let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
     let branch = top_p.map_or(0, |p| branch_count(mult, e, p as f64 * s));
     h.clear(false, n);
-    RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
+    RowOut {
+        lse: lse as f32,
+        entropy: entropy as f32,
+        logp: logp as f32,
+        branch,
+        problem: RowProblem::None,
+        kept: None,
+    }
 }
 
 /// The tie rule of DESIGN.md §4 over distinct values in descending order (`mult[i]` tokens of

@@ -4,6 +4,7 @@
 
 mod grpo;
 mod hist16;
+mod kept;
 pub(crate) mod math;
 mod sequence;
 mod token_stats;
@@ -11,4 +12,4 @@ mod top_p;
 
 pub use grpo::{grpo_backward, grpo_backward_in_place, grpo_backward_into, grpo_forward};
 pub use sequence::{aggregation_weights, grpo_advantages, log_ppl, ppl_weight, shape_advantages, token_advantages};
-pub use token_stats::token_stats;
+pub use token_stats::{token_stats, token_stats_masked};

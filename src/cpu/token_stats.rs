@@ -7,11 +7,12 @@ use rayon::prelude::*;
 
 use crate::config::TokenStatsConfig;
 use crate::cpu::hist16::{self, Hist16};
+use crate::cpu::kept::{row_kept, KeptOut, RowKept};
 use crate::cpu::math::{self, SimdKernel, BLOCK};
 use crate::cpu::top_p::{Keeper, TopPScratch};
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
-use crate::types::TokenStats;
+use crate::types::{KeptMask, KeptStats, TokenStats};
 use crate::validate;
 
 /// A row's problem, if any (DESIGN.md §7).
@@ -45,6 +46,9 @@ pub(crate) struct RowOut {
     /// 0 when no top-p was given.
     pub branch: u32,
     pub problem: RowProblem,
+    /// The statistics over the kept set, when a filter or kept ids were given (and the row is
+    /// finite).
+    pub kept: Option<KeptOut>,
 }
 
 /// Per-thread scratch reused across rows (no allocation per row once warm).
@@ -56,6 +60,8 @@ pub(crate) struct Scratch {
     top_p: TopPScratch,
     /// The bit-pattern histogram of 16-bit rows.
     hist16: Hist16,
+    /// The kept-set selection's buffer.
+    kept: Vec<f32>,
 }
 
 /// The fused statistics of one row `z` at inverse temperature `inv_t` (AVX2+FMA when the CPU
@@ -78,14 +84,22 @@ pub(crate) struct Scratch {
 /// Error (u = 2⁻²⁴): S and W within ~36u + 1e−7 (exp) relative of the sum of exactly
 /// computed terms, for any V (see [`math::exp_sums`]); each term's own error is that of
 /// (z_i − m)·(1/T): ≤ 3u·|x_i − m| relative in e_i.
+///
+/// With `kept` (a filter or the engine's ids) the statistics over the kept set K come too
+/// (see [`crate::cpu::kept`]).
 pub(crate) fn row_stats<E: Element>(
     z: &[E],
     inv_t: f32,
     target: Option<u32>,
     top_p: Option<f32>,
+    kept: Option<RowKept>,
     scratch: &mut Scratch,
 ) -> RowOut {
-    math::dispatch(RowKernel { z, inv_t, target, top_p, scratch })
+    let mut out = math::dispatch(RowKernel { z, inv_t, target, top_p, scratch: &mut *scratch });
+    if let (Some(how), RowProblem::None) = (kept, out.problem) {
+        out.kept = Some(row_kept(z, inv_t, out.logp, target, how, &mut scratch.kept));
+    }
+    out
 }
 
 /// [`row_stats`]'s arguments, so the kernel can be compiled twice (see [`math::dispatch`]).
@@ -109,7 +123,14 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
         if scratch.buf.len() < BLOCK {
             scratch.buf.resize(BLOCK, 0.0);
         }
-        let nan = RowOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, branch: 0, problem: RowProblem::None };
+        let nan = RowOut {
+            lse: f32::NAN,
+            entropy: f32::NAN,
+            logp: f32::NAN,
+            branch: 0,
+            problem: RowProblem::None,
+            kept: None,
+        };
         // Only f32 rows get here (16-bit rows returned above), so the cast is to the row itself.
         let mut keeper = top_p.map(|p| scratch.top_p.start(p, inv_t, bytemuck::cast_slice(z)));
         let sums = match keeper.as_mut() {
@@ -130,7 +151,14 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             (Some(k), Some(_)) => k.branch::<AVX2>(m, s),
             _ => 0,
         };
-        RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None }
+        RowOut {
+            lse: lse as f32,
+            entropy: entropy as f32,
+            logp: logp as f32,
+            branch,
+            problem: RowProblem::None,
+            kept: None,
+        }
     }
 }
 
@@ -211,25 +239,65 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// branch count at `cfg.top_p` (exact, ties interchangeable). One pass over each row; rows in
 /// parallel.
 ///
+/// With `cfg.filter` the statistics over the sampler's kept set K come too
+/// ([`TokenStats::kept`]: lse_K, H̃, ℓ̃, |K|, the outside-K flags); without it the results are
+/// exactly those of a build without filters.
+///
 /// Errors: [`Error::EmptyVocab`], [`Error::ShapeMismatch`], [`Error::TargetOutOfRange`],
-/// [`Error::InvalidTopP`], [`Error::InvalidTemperature`], and — with `cfg.check_finite` —
-/// [`Error::NonFiniteLogits`] / [`Error::AllNegInfRow`] naming the first bad row.
+/// [`Error::InvalidTopP`], [`Error::InvalidTemperature`], [`Error::InvalidConfig`] (the filter),
+/// and — with `cfg.check_finite` — [`Error::NonFiniteLogits`] / [`Error::AllNegInfRow`] naming
+/// the first bad row.
 pub fn token_stats<E: Element>(
     logits: &[E],
     vocab: usize,
     targets: Option<&[u32]>,
     cfg: &TokenStatsConfig,
 ) -> Result<TokenStats> {
+    stats(logits, vocab, targets, cfg, None)
+}
+
+/// [`token_stats`] with the rollout engine's kept set per row (vLLM's CSR `SamplingMask`) in
+/// place of a recomputed filter: the statistics over K come in [`TokenStats::kept`]. `cfg.filter`
+/// must be `None`.
+///
+/// Errors: those of [`token_stats`], [`Error::InvalidKeptMask`] naming the first bad row of the
+/// mask, and [`Error::InvalidConfig`] when `cfg.filter` is set too.
+pub fn token_stats_masked<E: Element>(
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+    mask: &KeptMask,
+) -> Result<TokenStats> {
+    stats(logits, vocab, targets, cfg, Some(mask))
+}
+
+fn stats<E: Element>(
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+    mask: Option<&KeptMask>,
+) -> Result<TokenStats> {
     cfg.validate()?;
     let n = validate::rows(logits.len(), vocab)?;
     if let Some(t) = targets {
         validate::targets(t, n, vocab)?;
     }
+    let filtered = cfg.filter.is_some() || mask.is_some();
+    if filtered {
+        validate::filter_or_mask(cfg.filter.as_ref(), mask, n, vocab)?;
+    }
+    let how = |r: usize| match (cfg.filter, mask) {
+        (_, Some(m)) => Some(RowKept::Ids(m.row(r))),
+        (Some(f), None) => Some(RowKept::Filter(f)),
+        (None, None) => None,
+    };
     let inv_t = 1.0 / cfg.temperature;
     let rows: Vec<RowOut> = logits
         .par_chunks_exact(vocab)
         .enumerate()
-        .map(|(r, row)| with_scratch(|s| row_stats(row, inv_t, targets.map(|t| t[r]), cfg.top_p, s)))
+        .map(|(r, row)| with_scratch(|s| row_stats(row, inv_t, targets.map(|t| t[r]), cfg.top_p, how(r), s)))
         .collect();
     if cfg.check_finite {
         validate::first_bad_row(n, |r| rows[r].problem.error(r))?;
@@ -239,7 +307,23 @@ pub fn token_stats<E: Element>(
         entropy: rows.iter().map(|r| r.entropy).collect(),
         logp: targets.map(|_| rows.iter().map(|r| r.logp).collect()),
         branch: cfg.top_p.map(|_| rows.iter().map(|r| r.branch).collect()),
+        kept: filtered.then(|| kept_stats(&rows, targets.is_some())),
     })
+}
+
+/// The struct-of-arrays [`KeptStats`] of rows computed with a kept set (NaN statistics and
+/// |K| = 0 for rows that had none: unchecked bad rows).
+pub(crate) fn kept_stats(rows: &[RowOut], with_targets: bool) -> KeptStats {
+    let none =
+        KeptOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, count: 0, outside: false, threshold: f32::NAN };
+    let k = |r: &RowOut| r.kept.unwrap_or(none);
+    KeptStats {
+        lse: rows.iter().map(|r| k(r).lse).collect(),
+        entropy: rows.iter().map(|r| k(r).entropy).collect(),
+        logp: with_targets.then(|| rows.iter().map(|r| k(r).logp).collect()),
+        count: rows.iter().map(|r| k(r).count).collect(),
+        outside: with_targets.then(|| rows.iter().map(|r| k(r).outside as u8).collect()),
+    }
 }
 
 #[cfg(test)]
@@ -319,7 +403,7 @@ mod tests {
         for bad in [f32::NAN, f32::INFINITY] {
             let mut z = clean.clone();
             z[40_000] = bad;
-            let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true };
+            let cfg = TokenStatsConfig { temperature: 1.0, top_p: Some(0.95), check_finite: true, filter: None };
             let got = crate::cpu::token_stats(&z, z.len(), None, &cfg).err();
             assert_eq!(got, Some(Error::NonFiniteLogits { row: 0 }), "{bad}");
             let cfg = TokenStatsConfig { check_finite: false, ..cfg };

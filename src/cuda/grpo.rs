@@ -69,6 +69,13 @@ fn check_forward(
 ) -> Result<usize> {
     cfg.validate()?;
     let n = validate::rows(len, vocab)?;
+    if cfg.filter.is_some() {
+        return Err(crate::Error::InvalidConfig {
+            name: "filter",
+            value: cfg.filter.map(|f| f.to_string()).unwrap_or_default(),
+            why: "sampling filters are not implemented on CUDA yet",
+        });
+    }
     vocab_u32(vocab, cfg.top_p.is_some())?;
     let b = validate::sequences(n, inp.seq_len)?;
     as_u32("seq_len", inp.seq_len)?;

@@ -65,6 +65,7 @@ impl CudaGrpoSaved {
             entropy: download(stream, &self.entropy)?,
             grad_logp: download(stream, &self.grad_logp)?,
             grad_entropy: download(stream, &self.grad_entropy)?,
+            kept: None,
         })
     }
 }
@@ -152,6 +153,7 @@ impl CudaGrpoForward {
             kl: self.kl.as_ref().map(|k| download(stream, k)).transpose()?,
             branch: self.branch.as_ref().map(|b| download(stream, b)).transpose()?,
             saved: self.saved.to_host(stream)?,
+            kept: None,
         })
     }
 }

@@ -93,6 +93,7 @@ impl TokenStatsBuffers {
             entropy: stream.clone_dtoh(&self.entropy).map_err(cuda_err(op))?,
             logp: self.logp.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
             branch: self.branch.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
+            kept: None,
         })
     }
 }
@@ -107,6 +108,13 @@ fn check_shapes<E>(
 ) -> Result<usize> {
     cfg.validate()?;
     let n = validate::rows(logits.len(), vocab)?;
+    if cfg.filter.is_some() {
+        return Err(Error::InvalidConfig {
+            name: "filter",
+            value: cfg.filter.map(|f| f.to_string()).unwrap_or_default(),
+            why: "sampling filters are not implemented on CUDA yet",
+        });
+    }
     if vocab > u32::MAX as usize || (cfg.top_p.is_some() && vocab > MAX_TOP_P_VOCAB) {
         let limit = if cfg.top_p.is_some() { MAX_TOP_P_VOCAB } else { u32::MAX as usize };
         return Err(Error::ShapeMismatch {

@@ -132,7 +132,8 @@ fn sample_chunk(
         .collect();
     // Rows of the cache, in order: which response each one is.
     let mut active: Vec<usize> = (0..b).collect();
-    let stats_cfg = TokenStatsConfig { temperature: s.temperature, top_p: Some(DEFAULT_TOP_P), check_finite: true };
+    let stats_cfg =
+        TokenStatsConfig { temperature: s.temperature, top_p: Some(DEFAULT_TOP_P), check_finite: true, filter: None };
     let vocab = model.config().vocab;
     let mut sampled = 0usize;
     for step in 0..s.max_new {

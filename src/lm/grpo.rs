@@ -482,7 +482,7 @@ pub fn minibatch_loss(
     let (mask, old_logp, advantages) = (rows(&ro.mask), rows(&ro.old_logp), rows(adv));
     let t = |v: &Vec<f32>| Tensor::from_vec(v.clone(), (n, r), device);
     let ref_logits = reference.logits_of(&seqs, start, ro.width, false)?;
-    let ref_cfg = TokenStatsConfig { temperature: cfg.temperature, top_p: None, check_finite: true };
+    let ref_cfg = TokenStatsConfig { temperature: cfg.temperature, top_p: None, check_finite: true, filter: None };
     let ref_logp = ops::token_stats(&ref_logits, Some(&targets), &ref_cfg)?
         .logp
         .ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?

@@ -93,6 +93,7 @@ impl HostGrpoInputs {
             ref_logp: self.ref_logp.as_deref(),
             advantages: &self.advantages,
             seq_len: self.seq_len,
+            kept_mask: None,
         }
     }
 }

@@ -29,4 +29,4 @@ mod stats_backward;
 pub mod token_stats;
 
 pub use grpo::{grpo_loss, GrpoLossInputs, GrpoLossOutput};
-pub use token_stats::{token_stats, TokenStatsOutput};
+pub use token_stats::{token_stats, KeptStatsOutput, TokenStatsOutput};

@@ -48,7 +48,7 @@ pub fn token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &TokenStatsCo
         Some(p) => Some(sorted_branch(&log_p, p, &shape.lead)?),
         None => None,
     };
-    Ok(TokenStatsOutput { lse, entropy, logp, branch })
+    Ok(TokenStatsOutput { lse, entropy, logp, branch, kept: None })
 }
 
 /// The GRPO loss composed from candle ops (same signature as [`super::grpo_loss`]).

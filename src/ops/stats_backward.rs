@@ -214,7 +214,7 @@ mod tests {
             for (r, &y) in targets.iter().enumerate() {
                 z[r * v + y as usize] = uniform(-4.0, 4.0);
             }
-            let cfg = TokenStatsConfig { temperature: 1.0 / inv_t, top_p: None, check_finite: true };
+            let cfg = TokenStatsConfig { temperature: 1.0 / inv_t, top_p: None, check_finite: true, filter: None };
             let stats = crate::cpu::token_stats(&z, v, Some(&targets), &cfg).unwrap();
             let res: Vec<f32> = [stats.lse.clone(), stats.entropy.clone(), stats.logp.clone().unwrap()].concat();
             let grad: Vec<f32> = (0..3 * n).map(|_| uniform(-2.0, 2.0)).collect();

@@ -21,7 +21,7 @@ use crate::config::TokenStatsConfig;
 use crate::cpu;
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::types::TokenStats;
+use crate::types::{KeptStats, TokenStats};
 
 /// Per-token statistics as candle tensors with the logits' leading shape (`[N]` or `[B, T]`).
 #[derive(Debug, Clone)]
@@ -34,6 +34,43 @@ pub struct TokenStatsOutput {
     pub logp: Option<Tensor>,
     /// Branch count (u32) when top-p was given; no gradient.
     pub branch: Option<Tensor>,
+    /// The statistics over the sampler's kept set K when `cfg.filter` was given.
+    pub kept: Option<KeptStatsOutput>,
+}
+
+/// Per-token statistics over the kept set K (see [`crate::types::KeptStats`]), with the logits'
+/// leading shape.
+#[derive(Debug, Clone)]
+pub struct KeptStatsOutput {
+    /// lse_K (f32).
+    pub lse: Tensor,
+    /// Truncated entropy H̃ (f32).
+    pub entropy: Tensor,
+    /// Truncated log-prob ℓ̃ (f32; ℓ where the target is outside K) when targets were given.
+    pub logp: Option<Tensor>,
+    /// |K| (u32).
+    pub count: Tensor,
+    /// 1 where the target is outside K, else 0 (u8) when targets were given.
+    pub outside: Option<Tensor>,
+}
+
+impl KeptStatsOutput {
+    fn from_host(k: KeptStats, lead: &[usize], dev: &candle_core::Device) -> Result<Self> {
+        Ok(Self {
+            lse: Tensor::from_vec(k.lse, lead, dev)?,
+            entropy: Tensor::from_vec(k.entropy, lead, dev)?,
+            logp: k.logp.map(|l| Tensor::from_vec(l, lead, dev)).transpose()?,
+            count: Tensor::from_vec(k.count, lead, dev)?,
+            outside: k.outside.map(|o| Tensor::from_vec(o, lead, dev)).transpose()?,
+        })
+    }
+}
+
+/// What the forward leaves besides the packed statistics.
+#[derive(Debug, Default)]
+struct Extra {
+    branch: Option<Branch>,
+    kept: Option<KeptStats>,
 }
 
 /// Fused token statistics of `logits` (`[N, V]` or `[B, T, V]`, bf16/f16/f32, any device
@@ -68,8 +105,13 @@ pub fn token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &TokenStatsCo
     };
     let with_logp = op.targets.is_some();
     let res = side.result(logits.apply_op1(op))?;
-    let branch = match side.take() {
+    let extra = side.take().unwrap_or_default();
+    let branch = match extra.branch {
         Some(b) => Some(b.into_tensor(&shape.lead, logits.device())?),
+        None => None,
+    };
+    let kept = match extra.kept {
+        Some(k) => Some(KeptStatsOutput::from_host(k, &shape.lead, logits.device())?),
         None => None,
     };
     Ok(TokenStatsOutput {
@@ -77,6 +119,7 @@ pub fn token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &TokenStatsCo
         entropy: res.get(1)?,
         logp: if with_logp { Some(res.get(2)?) } else { None },
         branch,
+        kept,
     })
 }
 
@@ -114,7 +157,7 @@ struct TokenStatsOp {
     vocab: usize,
     cfg: TokenStatsConfig,
     targets: Option<Targets>,
-    side: Arc<Side<Branch>>,
+    side: Arc<Side<Extra>>,
 }
 
 /// `[3, lead..]`, the shape of the packed statistics of logits with layout `l`.
@@ -164,9 +207,7 @@ impl CustomOp1 for TokenStatsOp {
             other => Err(unsupported(other.dtype())),
         }
         .map_err(|e| self.side.fail(e))?;
-        if let Some(b) = &stats.branch {
-            self.side.put(Branch::Host(b.clone()));
-        }
+        self.side.put(Extra { branch: stats.branch.clone().map(Branch::Host), kept: stats.kept.clone() });
         Ok((CpuStorage::F32(Self::pack(&stats)), packed_shape(l)))
     }
 
@@ -178,9 +219,7 @@ impl CustomOp1 for TokenStatsOp {
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (start, end) = offsets(l, self.name())?;
         let (packed, branch) = cuda_fwd::token_stats(self, s, start..end).map_err(|e| self.side.fail(e))?;
-        if let Some(b) = branch {
-            self.side.put(b);
-        }
+        self.side.put(Extra { branch, kept: None });
         Ok((packed, packed_shape(l)))
     }
 

@@ -1,6 +1,7 @@
 //! The GRPO policy loss in float64: per-token value and derivative, the aggregated loss, and
 //! the analytic gradient with respect to the logits.
 
+use super::kept::{kept_of_row, kept_stats, KeptRow};
 use super::sequence::aggregation_weights;
 use super::token::{row_stats, softmax};
 use crate::config::{GrpoConfig, KlEstimator};
@@ -106,6 +107,10 @@ pub struct GrpoReference {
     pub branch: Option<Vec<u32>>,
     /// Aggregation weights a_t.
     pub weights: Vec<f64>,
+    /// With a filter or kept mask: the statistics over each token's K (`logp` then holds ℓ̃).
+    pub kept: Option<Vec<KeptRow>>,
+    /// With a filter or kept mask: each token's K.
+    pub kept_sets: Option<Vec<Vec<bool>>>,
 }
 
 /// The aggregated loss and per-token terms of `[N, V]` logits (as f64).
@@ -121,16 +126,31 @@ pub fn grpo_loss(logits: &[f64], vocab: usize, inputs: &GrpoInputs, cfg: &GrpoCo
         lse: Vec::with_capacity(n),
         branch: top_p.map(|_| Vec::with_capacity(n)),
         weights,
+        kept: None,
+        kept_sets: None,
     };
+    let filtered = cfg.filter.is_some() || inputs.kept_mask.is_some();
+    let (mut kept_rows, mut kept_sets) = (Vec::new(), Vec::new());
     for (r, row) in logits.chunks_exact(vocab).enumerate() {
         let s = row_stats(row, Some(inputs.targets[r]), t, top_p);
-        let l = s.logp.unwrap_or(f64::NAN);
+        let mut l = s.logp.unwrap_or(f64::NAN);
+        let mut bonus_entropy = s.entropy;
+        if filtered {
+            let kept = kept_of_row(row, t, cfg.filter.as_ref(), inputs.kept_mask.as_ref(), r);
+            let k = kept_stats(row, t, &kept, Some(inputs.targets[r]));
+            l = k.logp.unwrap_or(f64::NAN);
+            if cfg.kept_entropy {
+                bonus_entropy = k.entropy;
+            }
+            kept_rows.push(k);
+            kept_sets.push(kept);
+        }
         let tl = token_loss(
             l,
             inputs.old_logp[r] as f64,
             inputs.ref_logp.map(|x| x[r] as f64),
             inputs.advantages[r] as f64,
-            s.entropy,
+            bonus_entropy,
             cfg,
         );
         if inputs.mask[r] != 0.0 {
@@ -144,12 +164,19 @@ pub fn grpo_loss(logits: &[f64], vocab: usize, inputs: &GrpoInputs, cfg: &GrpoCo
             b.push(k);
         }
     }
+    if filtered {
+        (out.kept, out.kept_sets) = (Some(kept_rows), Some(kept_sets));
+    }
     Ok(out)
 }
 
 /// The analytic gradient ∂loss/∂z (`[N, V]`, f64) of DESIGN.md §4:
 /// (1/T)·[g_t·(δ_{j,y_t} − p_tj) − h_t·p_tj·(ln p_tj + H_t)] with g_t = a_t·∂(L + β_kl·KL)/∂ℓ_t,
 /// h_t = −a_t·c_H; masked tokens get zero rows.
+///
+/// With a filter or kept mask, for a target in K the log-prob term uses q = p̃·1[j ∈ K]
+/// (∂ℓ̃/∂z_j = (δ_jy − p̃_j 1[j ∈ K])/T), and with `kept_entropy` the entropy term is
+/// p̃_j(ln p̃_j + H̃)·1[j ∈ K] (∂H̃/∂z_j = −that/T); a target outside K uses p.
 pub fn grpo_grad(logits: &[f64], vocab: usize, inputs: &GrpoInputs, cfg: &GrpoConfig) -> Result<Vec<f64>> {
     let fwd = grpo_loss(logits, vocab, inputs, cfg)?;
     let t = cfg.temperature as f64;
@@ -162,11 +189,30 @@ pub fn grpo_grad(logits: &[f64], vocab: usize, inputs: &GrpoInputs, cfg: &GrpoCo
         let h = -fwd.weights[r] * cfg.entropy_coef as f64;
         let (p, lse) = softmax(row, t);
         let y = inputs.targets[r] as usize;
+        // (lse, H, K) of the log-prob term and of the entropy term.
+        let full = (lse, fwd.entropy[r], None);
+        let (lp, ent) = match (&fwd.kept, &fwd.kept_sets) {
+            (Some(k), Some(sets)) => {
+                let kept = (k[r].lse, k[r].entropy, Some(&sets[r]));
+                (if k[r].outside { full } else { kept }, if cfg.kept_entropy { kept } else { full })
+            }
+            _ => (full, full),
+        };
+        // The probability of token j under (lse, K), and its log.
+        let prob = |j: usize, (l, _, k): (f64, f64, Option<&Vec<bool>>)| {
+            if k.is_some_and(|k| !k[j]) || p[j] == 0.0 {
+                (0.0, 0.0)
+            } else {
+                let ln = row[j] / t - l;
+                (ln.exp(), ln)
+            }
+        };
         for (j, out) in grad[r * vocab..(r + 1) * vocab].iter_mut().enumerate() {
-            let ln_p = row[j] / t - lse;
-            let ent = if p[j] > 0.0 { p[j] * (ln_p + fwd.entropy[r]) } else { 0.0 };
+            let (q, _) = prob(j, lp);
+            let (pe, ln_pe) = prob(j, ent);
+            let e = if pe > 0.0 { pe * (ln_pe + ent.1) } else { 0.0 };
             let delta = if j == y { 1.0 } else { 0.0 };
-            *out = (g * (delta - p[j]) - h * ent) / t;
+            *out = (g * (delta - q) - h * e) / t;
         }
     }
     Ok(grad)

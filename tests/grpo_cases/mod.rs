@@ -85,6 +85,7 @@ fn config() -> impl Strategy<Value = GrpoConfig> {
             top_p,
             aggregation: agg,
             check_finite: true,
+            ..Default::default()
         }
     })
 }
@@ -166,6 +167,7 @@ impl<E> Data<E> {
             ref_logp: c.cfg.kl.map(|_| self.ref_logp.as_slice()),
             advantages: &self.advantages,
             seq_len: c.seq_len,
+            kept_mask: None,
         }
     }
 }

@@ -106,6 +106,7 @@ impl GrpoCase {
             ref_logp: self.cfg.kl.map(|_| self.ref_logp.as_slice()),
             advantages: &self.advantages,
             seq_len: self.t,
+            kept_mask: None,
         }
     }
 }
@@ -322,6 +323,6 @@ pub fn stats_case(index: usize, seed: u64) -> StatsCase {
     let (logits, targets) = logits_and_targets(&mut rng, n, v, dtype);
     let mut weight = || (0..n).map(|_| rng.random_range(-2.0f32..2.0)).collect::<Vec<f32>>();
     let weights = [weight(), weight(), weight()];
-    let cfg = TokenStatsConfig { temperature, top_p, check_finite: true };
+    let cfg = TokenStatsConfig { temperature, top_p, check_finite: true, filter: None };
     StatsCase { lead, v, logits, targets: with_targets.then_some(targets), cfg, dtype, weights }
 }

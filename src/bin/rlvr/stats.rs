@@ -59,7 +59,8 @@ const SHOW_SEQUENCES: usize = 8;
 
 /// Runs `rlvr stats`.
 pub fn run(args: &StatsArgs, quiet: bool) -> CliResult<()> {
-    let cfg = TokenStatsConfig { temperature: args.temperature, top_p: Some(args.top_p), check_finite: true };
+    let cfg =
+        TokenStatsConfig { temperature: args.temperature, top_p: Some(args.top_p), check_finite: true, filter: None };
     cfg.validate()?;
     args.device.check_available()?;
     let format = args.out.as_deref().map(OutFormat::from_path).transpose()?;
@@ -134,6 +135,7 @@ fn compute_as<E: Element>(
         entropy: Vec::with_capacity(n),
         logp: targets.map(|_| Vec::with_capacity(n)),
         branch: cfg.top_p.map(|_| Vec::with_capacity(n)),
+        kept: None,
     };
     let mut buf = Vec::new();
     for r0 in (0..n).step_by(chunk) {
