@@ -155,7 +155,7 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
     }
 
     // Describes the rows (and checks the fused path works) before anything is timed.
-    let probe = dev.token_stats(logits, v, Some(targets), &with_p)?;
+    let probe = dev.token_stats(logits, v, Some(targets), &with_p, None)?;
     let mean = |x: &mut dyn Iterator<Item = f64>| x.sum::<f64>() / n as f64;
     let mean_h = mean(&mut probe.entropy.iter().map(|&h| h as f64));
     let mean_k = mean(&mut probe.branch.iter().flatten().map(|&k| k as f64));
@@ -171,14 +171,14 @@ fn bench_as<E: Element + candle_core::WithDType>(args: &BenchArgs, quiet: bool) 
         Variant {
             name: format!("fused stats, no top-p ({})", dev.name()),
             run: Box::new(move || {
-                black_box(dev.token_stats(logits, v, Some(targets), &no_p)?);
+                black_box(dev.token_stats(logits, v, Some(targets), &no_p, None)?);
                 Ok(())
             }),
         },
         Variant {
             name: format!("fused stats, top-p {} ({})", args.top_p, dev.name()),
             run: Box::new(move || {
-                black_box(dev.token_stats(logits, v, Some(targets), &with_p)?);
+                black_box(dev.token_stats(logits, v, Some(targets), &with_p, None)?);
                 Ok(())
             }),
         },

@@ -1,7 +1,7 @@
 //! `--device cpu|cuda`: the one place that picks the implementation of the fused token
 //! statistics, so that wiring in the CUDA kernels is a change to this file only.
 
-use rlvr_kernels::{cpu, Element, Result, TokenStats, TokenStatsConfig};
+use rlvr_kernels::{cpu, Element, KeptMask, Result, TokenStats, TokenStatsConfig};
 
 use crate::error::{CliError, CliResult};
 
@@ -35,17 +35,20 @@ impl Device {
     }
 
     /// Fused token statistics of row-major `[N, V]` logits on this device. Same contract as
-    /// [`rlvr_kernels::cpu::token_stats`] (errors name rows of this slice).
+    /// [`rlvr_kernels::cpu::token_stats`] (errors name rows of this slice); with `mask`, as
+    /// [`rlvr_kernels::cpu::token_stats_masked`].
     pub fn token_stats<E: Element>(
         self,
         logits: &[E],
         vocab: usize,
         targets: Option<&[u32]>,
         cfg: &TokenStatsConfig,
+        mask: Option<&KeptMask>,
     ) -> Result<TokenStats> {
-        match self {
-            Device::Cpu => cpu::token_stats(logits, vocab, targets, cfg),
-            Device::Cuda => cuda_token_stats(logits, vocab, targets, cfg),
+        match (self, mask) {
+            (Device::Cpu, None) => cpu::token_stats(logits, vocab, targets, cfg),
+            (Device::Cpu, Some(m)) => cpu::token_stats_masked(logits, vocab, targets, cfg, m),
+            (Device::Cuda, _) => cuda_token_stats(logits, vocab, targets, cfg, mask),
         }
     }
 }
@@ -56,7 +59,15 @@ fn cuda_token_stats<E: Element>(
     vocab: usize,
     targets: Option<&[u32]>,
     cfg: &TokenStatsConfig,
+    mask: Option<&KeptMask>,
 ) -> Result<TokenStats> {
+    if mask.is_some() {
+        return Err(rlvr_kernels::Error::InvalidConfig {
+            name: "filter-mask",
+            value: "an engine mask".into(),
+            why: "kept masks are not implemented on CUDA yet; use --device cpu",
+        });
+    }
     let stream = rlvr_kernels::cuda::default_stream()?;
     rlvr_kernels::cuda::token_stats_host(&stream, logits, vocab, targets, cfg)
 }
@@ -67,6 +78,7 @@ fn cuda_token_stats<E: Element>(
     _vocab: usize,
     _targets: Option<&[u32]>,
     _cfg: &TokenStatsConfig,
+    _mask: Option<&KeptMask>,
 ) -> Result<TokenStats> {
     // Unreachable in practice: `check_available` rejects `--device cuda` first.
     Err(rlvr_kernels::Error::Cuda {

@@ -243,3 +243,63 @@ pub fn mask(name: &str, view: &TensorView<'_>, logits: &Logits<'_>) -> CliResult
     validate::mask(&values, values.len()).map_err(|e| CliError::runtime(format!("mask `{name}`: {e}")))?;
     Ok(values)
 }
+
+/// A rollout engine's kept mask stored as two tensors `NAME.token_ids` and `NAME.offsets` (vLLM's
+/// CSR `SamplingMask`, any integer dtype, 1-D), checked against the logits' N rows and V.
+pub struct KeptMaskData {
+    /// Kept ids, row after row.
+    pub token_ids: Vec<u32>,
+    /// N + 1 row starts.
+    pub offsets: Vec<u64>,
+}
+
+impl KeptMaskData {
+    /// The mask as the library's view.
+    pub fn view(&self) -> rlvr_kernels::KeptMask<'_> {
+        rlvr_kernels::KeptMask { token_ids: &self.token_ids, offsets: &self.offsets }
+    }
+
+    /// Rows `r0..r1` as their own mask (offsets rebased to start at 0), for a chunk of rows.
+    pub fn rows(&self, r0: usize, r1: usize) -> (Vec<u32>, Vec<u64>) {
+        let (a, b) = (self.offsets[r0] as usize, self.offsets[r1] as usize);
+        (self.token_ids[a..b].to_vec(), self.offsets[r0..=r1].iter().map(|&o| o - a as u64).collect())
+    }
+}
+
+/// Reads `NAME.token_ids` and `NAME.offsets` from `tensors` and validates them.
+pub fn kept_mask(name: &str, tensors: &Tensors<'_>, logits: &Logits<'_>) -> CliResult<KeptMaskData> {
+    let read = |part: &str| -> CliResult<Vec<i128>> {
+        let full = format!("{name}.{part}");
+        let view = tensors.get(&full).map_err(|_| {
+            CliError::runtime(format!(
+                "--filter-mask {name}: the input has no tensor `{full}` (an engine mask is two tensors, \
+                 `{name}.token_ids` and `{name}.offsets`)"
+            ))
+        })?;
+        if view.shape().len() != 1 {
+            return Err(CliError::runtime(format!("`{full}` has shape {:?}; expected 1-D", view.shape())));
+        }
+        integers(view.data(), view.dtype()).ok_or_else(|| {
+            CliError::runtime(format!("`{full}` has dtype {}; expected an integer dtype", dtype_name(view.dtype())))
+        })
+    };
+    let (ids, offsets) = (read("token_ids")?, read("offsets")?);
+    let bad = |part: &str, i: usize, v: i128| {
+        CliError::runtime(format!("`{name}.{part}`: value {v} at index {i} is negative or too large"))
+    };
+    let token_ids = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| u32::try_from(v).map_err(|_| bad("token_ids", i, v)))
+        .collect::<CliResult<Vec<u32>>>()?;
+    let offsets = offsets
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| u64::try_from(v).map_err(|_| bad("offsets", i, v)))
+        .collect::<CliResult<Vec<u64>>>()?;
+    let data = KeptMaskData { token_ids, offsets };
+    data.view()
+        .validate(logits.rows, logits.vocab)
+        .map_err(|e| CliError::runtime(format!("--filter-mask {name}: {e}")))?;
+    Ok(data)
+}

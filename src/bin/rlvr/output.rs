@@ -57,6 +57,8 @@ pub fn write(path: &Path, format: OutFormat, out: &StatsOutput<'_>, cfg: &TokenS
 }
 
 /// Tensors `lse`, `entropy` (f32), `branch` (u32), `logp` (f32) shaped like the logits without V,
+/// with a filter or engine mask also `logp_kept`, `entropy_kept` (f32), `kept` (|K|, u32) and
+/// `outside_kept` (u8 0/1),
 /// and `log_ppl` `[B]` (f32, NaN for a sequence without counted tokens). The settings go to the
 /// file's metadata.
 fn write_safetensors(
@@ -76,6 +78,16 @@ fn write_safetensors(
     if let Some(l) = &out.stats.logp {
         tensors.push(("logp", TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(l))?));
     }
+    if let Some(k) = &out.stats.kept {
+        if let Some(l) = &k.logp {
+            tensors.push(("logp_kept", TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(l))?));
+        }
+        tensors.push(("entropy_kept", TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(&k.entropy))?));
+        tensors.push(("kept", TensorView::new(Dtype::U32, shape.clone(), bytemuck::cast_slice(&k.count))?));
+        if let Some(o) = &k.outside {
+            tensors.push(("outside_kept", TensorView::new(Dtype::U8, shape.clone(), o)?));
+        }
+    }
     if let Some(l) = &log_ppl {
         tensors.push(("log_ppl", TensorView::new(Dtype::F32, vec![l.len()], bytemuck::cast_slice(l))?));
     }
@@ -84,11 +96,15 @@ fn write_safetensors(
     if let Some(p) = cfg.top_p {
         meta.insert("top_p".to_string(), p.to_string());
     }
+    if let Some(f) = cfg.filter {
+        meta.insert("filter".to_string(), f.to_string());
+    }
     meta.insert("logits".to_string(), format!("{} {:?} {}", out.logits.name, out.logits.shape, out.logits.dtype));
     safetensors::serialize_to_file(tensors, Some(meta), path)
 }
 
-/// Header `row[,b,t],lse,entropy[,branch][,logp][,mask][,log_ppl]`; `b,t` for `[B, T, V]` logits;
+/// Header `row[,b,t],lse,entropy[,branch][,logp][,logp_kept,entropy_kept,kept,outside_kept][,mask][,log_ppl]`;
+/// `b,t` for `[B, T, V]` logits;
 /// `log_ppl` repeats the token's sequence value (empty for a sequence without counted tokens).
 /// Floats are printed in Rust's shortest round-trip form, so they read back bit-exact.
 fn write_csv(path: &Path, out: &StatsOutput<'_>) -> std::io::Result<()> {
@@ -103,6 +119,10 @@ fn write_csv(path: &Path, out: &StatsOutput<'_>) -> std::io::Result<()> {
     let optional = [
         (s.branch.is_some(), "branch"),
         (s.logp.is_some(), "logp"),
+        (s.kept.as_ref().is_some_and(|k| k.logp.is_some()), "logp_kept"),
+        (s.kept.is_some(), "entropy_kept"),
+        (s.kept.is_some(), "kept"),
+        (s.kept.as_ref().is_some_and(|k| k.outside.is_some()), "outside_kept"),
         (out.mask.is_some(), "mask"),
         (out.log_ppl.is_some(), "log_ppl"),
     ];
@@ -119,6 +139,15 @@ fn write_csv(path: &Path, out: &StatsOutput<'_>) -> std::io::Result<()> {
         }
         if let Some(l) = &s.logp {
             write!(w, ",{}", l[row])?;
+        }
+        if let Some(k) = &s.kept {
+            if let Some(l) = &k.logp {
+                write!(w, ",{}", l[row])?;
+            }
+            write!(w, ",{},{}", k.entropy[row], k.count[row])?;
+            if let Some(o) = &k.outside {
+                write!(w, ",{}", o[row])?;
+            }
         }
         if let Some(m) = out.mask {
             write!(w, ",{}", m[row])?;

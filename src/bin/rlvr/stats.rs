@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use half::{bf16, f16};
-use rlvr_kernels::{cpu, DType, Element, Error, TokenStats, TokenStatsConfig, DEFAULT_TOP_P};
+use rlvr_kernels::{
+    cpu, DType, Element, Error, KeptMask, KeptStats, SamplingFilter, TokenStats, TokenStatsConfig, DEFAULT_TOP_P,
+};
 
 use crate::device::Device;
 use crate::error::{CliError, CliResult};
-use crate::io::{self, InputFile, Logits};
+use crate::io::{self, InputFile, KeptMaskData, Logits};
 use crate::output::{self, OutFormat, StatsOutput};
 use crate::progress;
 use crate::table::{self, Summary};
@@ -40,6 +42,15 @@ pub struct StatsArgs {
     /// Write per-token results to FILE.safetensors or FILE.csv.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The rollout sampler's filter, recomputed from the logits: `top-p=P`, `top-k=K` or
+    /// `top-k=K,top-p=P` (top-k first, then top-p over what it kept: vLLM's order). Adds the
+    /// statistics over the kept set K: `logp_kept`, `entropy_kept`, `kept` (|K|), `outside_kept`.
+    #[arg(long, value_parser = parse_filter, conflicts_with = "filter_mask")]
+    pub filter: Option<SamplingFilter>,
+    /// The engine's own kept set, stored in the input as `NAME.token_ids` and `NAME.offsets`
+    /// (vLLM's CSR SamplingMask: N + 1 offsets); same outputs as --filter.
+    #[arg(long, value_name = "NAME")]
+    pub filter_mask: Option<String>,
     /// Where the fused statistics run.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
@@ -57,10 +68,18 @@ const CHUNK_ROWS: usize = 1024;
 /// How many per-sequence log-PPL values the summary prints.
 const SHOW_SEQUENCES: usize = 8;
 
+fn parse_filter(s: &str) -> Result<SamplingFilter, String> {
+    s.parse::<SamplingFilter>().map_err(|e| e.to_string())
+}
+
 /// Runs `rlvr stats`.
 pub fn run(args: &StatsArgs, quiet: bool) -> CliResult<()> {
-    let cfg =
-        TokenStatsConfig { temperature: args.temperature, top_p: Some(args.top_p), check_finite: true, filter: None };
+    let cfg = TokenStatsConfig {
+        temperature: args.temperature,
+        top_p: Some(args.top_p),
+        check_finite: true,
+        filter: args.filter,
+    };
     cfg.validate()?;
     args.device.check_available()?;
     let format = args.out.as_deref().map(OutFormat::from_path).transpose()?;
@@ -79,10 +98,15 @@ pub fn run(args: &StatsArgs, quiet: bool) -> CliResult<()> {
         None => None,
     };
 
+    let kept_mask = match &args.filter_mask {
+        Some(name) => Some(io::kept_mask(name, &tensors, &logits)?),
+        None => None,
+    };
+
     let start = Instant::now();
     let default_chunk = (CHUNK_BYTES / (logits.vocab * logits.dtype.size()).max(1)).clamp(1, CHUNK_ROWS);
     let chunk = args.chunk_rows.map_or(default_chunk, |c| c as usize);
-    let stats = compute(&logits, targets.as_deref(), &cfg, args.device, chunk, quiet)?;
+    let stats = compute(&logits, targets.as_deref(), &cfg, kept_mask.as_ref(), args.device, chunk, quiet)?;
     let elapsed = start.elapsed().as_secs_f64();
     let log_ppl = match (&stats.logp, logits.sequences()) {
         (Some(logp), Some((_, t))) if t > 0 => Some(sequence_log_ppl(logp, mask.as_deref(), t)?),
@@ -109,14 +133,15 @@ fn compute(
     logits: &Logits<'_>,
     targets: Option<&[u32]>,
     cfg: &TokenStatsConfig,
+    mask: Option<&KeptMaskData>,
     device: Device,
     chunk: usize,
     quiet: bool,
 ) -> CliResult<TokenStats> {
     match logits.dtype {
-        DType::F32 => compute_as::<f32>(logits, targets, cfg, device, chunk, quiet),
-        DType::BF16 => compute_as::<bf16>(logits, targets, cfg, device, chunk, quiet),
-        DType::F16 => compute_as::<f16>(logits, targets, cfg, device, chunk, quiet),
+        DType::F32 => compute_as::<f32>(logits, targets, cfg, mask, device, chunk, quiet),
+        DType::BF16 => compute_as::<bf16>(logits, targets, cfg, mask, device, chunk, quiet),
+        DType::F16 => compute_as::<f16>(logits, targets, cfg, mask, device, chunk, quiet),
     }
 }
 
@@ -124,6 +149,7 @@ fn compute_as<E: Element>(
     logits: &Logits<'_>,
     targets: Option<&[u32]>,
     cfg: &TokenStatsConfig,
+    mask: Option<&KeptMaskData>,
     device: Device,
     chunk: usize,
     quiet: bool,
@@ -135,15 +161,32 @@ fn compute_as<E: Element>(
         entropy: Vec::with_capacity(n),
         logp: targets.map(|_| Vec::with_capacity(n)),
         branch: cfg.top_p.map(|_| Vec::with_capacity(n)),
-        kept: None,
+        kept: (cfg.filter.is_some() || mask.is_some()).then(|| KeptStats {
+            logp: targets.map(|_| Vec::with_capacity(n)),
+            outside: targets.map(|_| Vec::with_capacity(n)),
+            ..KeptStats::default()
+        }),
     };
     let mut buf = Vec::new();
     for r0 in (0..n).step_by(chunk) {
         let r1 = (r0 + chunk).min(n);
         let rows = logits.rows_as::<E>(r0, r1, &mut buf);
+        let chunk_mask = mask.map(|m| m.rows(r0, r1));
+        let chunk_mask = chunk_mask.as_ref().map(|(ids, offsets)| KeptMask { token_ids: ids, offsets });
         let part = device
-            .token_stats(rows, logits.vocab, targets.map(|t| &t[r0..r1]), cfg)
+            .token_stats(rows, logits.vocab, targets.map(|t| &t[r0..r1]), cfg, chunk_mask.as_ref())
             .map_err(|e| locate(e, r0, logits.sequences()))?;
+        if let (Some(a), Some(p)) = (&mut all.kept, part.kept) {
+            a.lse.extend(p.lse);
+            a.entropy.extend(p.entropy);
+            a.count.extend(p.count);
+            if let (Some(a), Some(p)) = (&mut a.logp, p.logp) {
+                a.extend(p);
+            }
+            if let (Some(a), Some(p)) = (&mut a.outside, p.outside) {
+                a.extend(p);
+            }
+        }
         all.lse.extend(part.lse);
         all.entropy.extend(part.entropy);
         if let (Some(a), Some(p)) = (&mut all.logp, part.logp) {
@@ -172,6 +215,7 @@ fn locate(e: Error, r0: usize, seqs: Option<(usize, usize)>) -> CliError {
         Error::TargetOutOfRange { token, target, vocab } => {
             CliError::runtime(Error::TargetOutOfRange { token: token + r0, target, vocab })
         }
+        Error::InvalidKeptMask { row, why } => CliError::runtime(Error::InvalidKeptMask { row: row + r0, why }),
         other => other.into(),
     }
 }
@@ -227,6 +271,23 @@ fn print_summary(
     let targets = names.targets.map_or("none (no logp, no log-PPL)".to_string(), |t| format!("`{t}`"));
     println!("targets  {targets}; {scope}");
     println!("settings temperature {}, top-p {}, device {}", args.temperature, args.top_p, args.device.name());
+    if let Some(k) = &stats.kept {
+        let what = match (&args.filter, &args.filter_mask) {
+            (Some(f), _) => format!("filter {f} (recomputed from the logits; all ties at the crossing kept)"),
+            (None, Some(name)) => format!("the engine's mask `{name}` (`{name}.token_ids`, `{name}.offsets`)"),
+            (None, None) => String::new(),
+        };
+        println!("kept set {what}");
+        if let Some(out) = &k.outside {
+            let outside = counted.iter().filter(|&&i| out[i] != 0).count();
+            println!(
+                "outside  {outside} of {} counted targets are outside the kept set ({:.2}%): their logp_kept is the \
+                 unfiltered logp",
+                counted.len(),
+                100.0 * outside as f64 / counted.len().max(1) as f64
+            );
+        }
+    }
 
     let mut rows = Vec::new();
     let mut row = |label: String, s: Option<Summary>, digits| {
@@ -239,6 +300,13 @@ fn print_summary(
     }
     if let Some(logp) = &stats.logp {
         row("logp".into(), Summary::of(counted.iter().map(|&i| logp[i] as f64)), 4);
+    }
+    if let Some(k) = &stats.kept {
+        row("entropy kept (nats)".into(), Summary::of(counted.iter().map(|&i| k.entropy[i] as f64)), 4);
+        row("kept |K|".into(), Summary::of(counted.iter().map(|&i| k.count[i] as f64)), 1);
+        if let Some(logp) = &k.logp {
+            row("logp kept".into(), Summary::of(counted.iter().map(|&i| logp[i] as f64)), 4);
+        }
     }
     table::print(&["over counted tokens", "mean", "p5", "p50", "p95", "max"], &rows);
     if let Some(logp) = &stats.logp {
