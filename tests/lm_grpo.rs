@@ -11,7 +11,7 @@ use rlvr_kernels::lm::grpo::{minibatch_loss, train_with, LmTrainConfig, Rollouts
 use rlvr_kernels::lm::llama::Trainable;
 use rlvr_kernels::lm::task::{problems, TaskKind};
 use rlvr_kernels::lm::tiny::{write_tiny_llama, TinySpec};
-use rlvr_kernels::{cpu, lm, reference, AdvantageConfig, GrpoInputs};
+use rlvr_kernels::{cpu, lm, reference, AdvantageConfig, GrpoInputs, SamplingFilter, OUTSIDE_KEPT};
 
 struct Tiny {
     path: PathBuf,
@@ -139,5 +139,33 @@ fn training_moves_the_trainable_weights_only_and_writes_its_outputs() {
         let moved = a.iter().zip(&b).any(|(x, y)| x != y);
         let trainable = name.starts_with(&format!("blk.{}.", layers - 1)) || name.starts_with("output_norm");
         assert_eq!(moved, trainable, "{name}");
+    }
+}
+
+#[test]
+fn a_filtered_sampler_is_replayed_by_the_loss_on_the_real_model_path() {
+    // Rollouts drawn with top-p / top-k as an engine draws them, then one minibatch's loss with
+    // the same filter on the same weights: no sampled token is outside the trainer's recomputed
+    // K, the replayed ratio is 1 (1e-4: the sampler's cached forward and the trainer's full
+    // forward differ in the last bits) and the reference's truncated log-probs agree too.
+    let (t, base) = tiny("filter");
+    let (model, tok) = lm::load(&t.path, &Device::Cpu).unwrap();
+    let reference_model = model.deep_copy().unwrap();
+    let set = problems(TaskKind::Add1, 4, 1).unwrap();
+    for filter in [SamplingFilter::top_p(0.9), SamplingFilter::top_k(20), SamplingFilter::top_k_top_p(60, 0.8)] {
+        let cfg = LmTrainConfig { filter: Some(filter), ..base.clone() };
+        let ro = Rollouts::sample(&model, &tok, &set, &[0, 1], 4, &cfg, &mut StdRng::seed_from_u64(3)).unwrap();
+        let adv = vec![1.0f32; ro.mask.len()];
+        let (out, inputs) = minibatch_loss(&model, &reference_model, &ro, &adv, 0..8, &cfg).unwrap();
+        let ratio = out.ratio.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let flags = out.clip_flags.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let logp = out.logp.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let counted: Vec<usize> = (0..inputs.mask.len()).filter(|&i| inputs.mask[i] != 0.0).collect();
+        assert!(!counted.is_empty());
+        for &i in &counted {
+            assert_eq!(flags[i] & OUTSIDE_KEPT, 0, "{filter}: token {i} outside the trainer's K");
+            assert!((ratio[i] - 1.0).abs() < 1e-4, "{filter}: replayed ratio {} at token {i}", ratio[i]);
+            assert!((inputs.ref_logp[i] - logp[i]).abs() < 1e-4, "{filter}: reference ℓ̃ at token {i}");
+        }
     }
 }

@@ -84,6 +84,7 @@ impl DumpSettings {
             greedy: false,
             batch: self.batch,
             keep_logits: true,
+            filter: None,
         }
     }
 

@@ -12,9 +12,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::llama::Llama;
-use crate::config::{TokenStatsConfig, DEFAULT_TOP_P};
+use crate::config::{SamplingFilter, TokenStatsConfig, DEFAULT_TOP_P};
 use crate::error::{Error, Result};
 use crate::ops;
+use crate::train::sampler::pick_filtered;
 
 /// How to sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,18 +30,21 @@ pub struct SampleSettings {
     pub batch: usize,
     /// Keep every response's raw logits (`[len, V]` f32 each): for dumps, not for long runs.
     pub keep_logits: bool,
+    /// Draw from the top-k / top-p filtered distribution as a rollout engine does
+    /// ([`crate::train::sampler`]); `Response::logp` is then the engine's truncated log-prob.
+    pub filter: Option<SamplingFilter>,
 }
 
 impl Default for SampleSettings {
     fn default() -> Self {
-        Self { max_new: 48, temperature: 1.0, greedy: false, batch: 64, keep_logits: false }
+        Self { max_new: 48, temperature: 1.0, greedy: false, batch: 64, keep_logits: false, filter: None }
     }
 }
 
 impl SampleSettings {
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
-        crate::config::TokenStatsConfig { temperature: self.temperature, ..Default::default() }.validate()?;
+        TokenStatsConfig { temperature: self.temperature, filter: self.filter, ..Default::default() }.validate()?;
         if self.max_new == 0 {
             return Err(Error::InvalidConfig { name: "max_new", value: "0".into(), why: "must be >= 1" });
         }
@@ -60,7 +64,8 @@ pub struct Response {
     pub tokens: Vec<u32>,
     /// True when the end-of-sequence token was sampled (false: cut at `max_new`).
     pub finished: bool,
-    /// log-prob of each sampled token under softmax(z / T).
+    /// log-prob of each sampled token under softmax(z / T) (with a filter: under the sampler's
+    /// kept set, renormalised).
     pub logp: Vec<f32>,
     /// Entropy (nats) of each step's distribution.
     pub entropy: Vec<f32>,
@@ -136,6 +141,7 @@ fn sample_chunk(
         TokenStatsConfig { temperature: s.temperature, top_p: Some(DEFAULT_TOP_P), check_finite: true, filter: None };
     let vocab = model.config().vocab;
     let mut sampled = 0usize;
+    let mut pick_buf = Vec::new();
     for step in 0..s.max_new {
         let stats = ops::token_stats(&logits, None, &stats_cfg)?;
         let lse = stats.lse.to_vec1::<f32>()?;
@@ -150,10 +156,23 @@ fn sample_chunk(
         for (row, &r) in active.iter().enumerate() {
             let z = &host[row * vocab..(row + 1) * vocab];
             let u = rng.random::<f64>();
-            let y = if s.greedy { argmax(z) } else { pick(z, s.temperature, lse[row], u) };
+            let (y, logp) = match (s.greedy, &s.filter) {
+                (true, _) => {
+                    let y = argmax(z);
+                    (y, z[y as usize] / s.temperature - lse[row])
+                }
+                (false, None) => {
+                    let y = pick(z, s.temperature, lse[row], u);
+                    (y, z[y as usize] / s.temperature - lse[row])
+                }
+                (false, Some(f)) => {
+                    let p = pick_filtered(z, s.temperature, f, u, &mut pick_buf);
+                    (p.token, p.logp)
+                }
+            };
             let resp = &mut responses[r];
             resp.tokens.push(y);
-            resp.logp.push(z[y as usize] / s.temperature - lse[row]);
+            resp.logp.push(logp);
             resp.entropy.push(entropy[row]);
             resp.branch.push(branch[row]);
             if let Some(l) = resp.logits.as_mut() {

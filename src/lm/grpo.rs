@@ -23,7 +23,7 @@ use super::generate::{sample, Response, SampleSettings};
 use super::llama::{Llama, Trainable};
 use super::task::{is_correct, problems, Problem, TaskKind};
 use super::tokenizer::Tokenizer;
-use crate::config::{AdvantageConfig, GrpoConfig, KlEstimator, KlPenalty, TokenStatsConfig};
+use crate::config::{AdvantageConfig, GrpoConfig, KlEstimator, KlPenalty, SamplingFilter, TokenStatsConfig};
 use crate::error::{Error, Result};
 use crate::metrics::masked_mean;
 use crate::ops::{self, GrpoLossInputs, GrpoLossOutput};
@@ -80,6 +80,9 @@ pub struct LmTrainConfig {
     pub out_dir: PathBuf,
     /// Where the model and the ops run.
     pub device: Device,
+    /// The sampler's filter (top-k / top-p), replayed by the loss (ratio from ℓ̃); `None`: plain
+    /// sampling.
+    pub filter: Option<SamplingFilter>,
 }
 
 impl LmTrainConfig {
@@ -110,6 +113,7 @@ impl LmTrainConfig {
             seed: 0,
             out_dir: PathBuf::from("runs/train-smollm2"),
             device: Device::Cpu,
+            filter: None,
         }
     }
 
@@ -134,7 +138,19 @@ impl LmTrainConfig {
         GrpoConfig {
             kl: Some(KlPenalty { coef: self.kl_coef, estimator: KlEstimator::K3 }),
             temperature: self.temperature,
+            filter: self.filter,
             ..self.grpo
+        }
+    }
+
+    /// How rollouts are sampled.
+    pub fn sample_settings(&self) -> SampleSettings {
+        SampleSettings {
+            max_new: self.max_new,
+            temperature: self.temperature,
+            batch: self.batch,
+            filter: self.filter,
+            ..Default::default()
         }
     }
 
@@ -170,13 +186,7 @@ impl LmTrainConfig {
         if self.bins == 0 {
             return bad("bins", "0".into(), "must be >= 1");
         }
-        SampleSettings {
-            max_new: self.max_new,
-            temperature: self.temperature,
-            batch: self.batch,
-            ..Default::default()
-        }
-        .validate()?;
+        self.sample_settings().validate()?;
         self.loss_config().validate()
     }
 }
@@ -326,13 +336,7 @@ impl Rollouts {
         let problems: Vec<usize> = ids.iter().flat_map(|&i| std::iter::repeat_n(i, per_problem)).collect();
         let prompts: Vec<Vec<u32>> =
             problems.iter().map(|&i| tok.encode(&tok.chat_prompt(None, &set[i].question))).collect();
-        let s = SampleSettings {
-            max_new: cfg.max_new,
-            temperature: cfg.temperature,
-            batch: cfg.batch,
-            ..Default::default()
-        };
-        let responses = sample(model, &prompts, tok.eos_id(), &s, rng, &mut |_| {})?;
+        let responses = sample(model, &prompts, tok.eos_id(), &cfg.sample_settings(), rng, &mut |_| {})?;
         let eos = tok.eos_id();
         let rewards: Vec<f32> = responses
             .iter()
@@ -405,7 +409,7 @@ impl Trainer<'_> {
         )?;
         let rows = ro.rewards.len();
         let per_update = rows / cfg.minibatches;
-        let mut tally = UpdateTally::default();
+        let mut tally = UpdateTally::new(cfg.filter.is_some());
         for epoch in 0..cfg.epochs {
             for mb in 0..cfg.minibatches {
                 let range = mb * per_update..(mb + 1) * per_update;
@@ -428,6 +432,7 @@ impl Trainer<'_> {
             garbage_mass: 0.0,
             loss: 0.0,
             seconds: 0.0,
+            outside_kept: None,
         };
         tally.finish(&mut m, &ro.mask, cfg.epochs, cfg.minibatches);
         m.seconds = start.elapsed().as_secs_f64();
@@ -482,11 +487,15 @@ pub fn minibatch_loss(
     let (mask, old_logp, advantages) = (rows(&ro.mask), rows(&ro.old_logp), rows(adv));
     let t = |v: &Vec<f32>| Tensor::from_vec(v.clone(), (n, r), device);
     let ref_logits = reference.logits_of(&seqs, start, ro.width, false)?;
-    let ref_cfg = TokenStatsConfig { temperature: cfg.temperature, top_p: None, check_finite: true, filter: None };
-    let ref_logp = ops::token_stats(&ref_logits, Some(&targets), &ref_cfg)?
-        .logp
-        .ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?
-        .detach();
+    // With a filter the KL compares truncated log-probs: the reference's over its own K.
+    let ref_cfg =
+        TokenStatsConfig { temperature: cfg.temperature, top_p: None, check_finite: true, filter: cfg.filter };
+    let ref_stats = ops::token_stats(&ref_logits, Some(&targets), &ref_cfg)?;
+    let ref_logp = match cfg.filter {
+        Some(_) => ref_stats.kept.and_then(|k| k.logp),
+        None => ref_stats.logp,
+    };
+    let ref_logp = ref_logp.ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?.detach();
     drop(ref_logits);
     let logits = model.logits_of(&seqs, start, ro.width, true)?;
     let inputs = GrpoLossInputs {

@@ -8,7 +8,7 @@ use candle_core::Device;
 use super::model::ModelConfig;
 use super::task::{Task, TASK_TOKENS};
 use super::LossImpl;
-use crate::config::{GrpoConfig, KlEstimator, KlPenalty, PositionShaping, PplShaping, Shaping};
+use crate::config::{GrpoConfig, KlEstimator, KlPenalty, PositionShaping, PplShaping, SamplingFilter, Shaping};
 use crate::error::{Error, Result};
 
 /// SFT steps between two probes of its Pass@1 (see [`CommonConfig::sft_target`]).
@@ -101,6 +101,10 @@ pub struct CommonConfig {
     pub loss: LossImpl,
     /// Where tensors live.
     pub device: Device,
+    /// The sampler's filter (top-k / top-p, as a rollout engine applies it) for every rollout,
+    /// and replayed by the GRPO loss (ratio from the truncated log-prob ℓ̃). `None`: plain
+    /// sampling (the default).
+    pub filter: Option<SamplingFilter>,
 }
 
 impl Default for CommonConfig {
@@ -126,6 +130,7 @@ impl Default for CommonConfig {
             bins: 10,
             loss: LossImpl::Fused,
             device: Device::Cpu,
+            filter: None,
         }
     }
 }
@@ -174,6 +179,9 @@ impl CommonConfig {
     pub fn validate(&self) -> Result<()> {
         if self.vocab < TASK_TOKENS {
             return Err(invalid("vocab", self.vocab, "must be >= 15, the task's own tokens"));
+        }
+        if let Some(f) = self.filter {
+            f.validate()?;
         }
         self.model()?;
         if self.name.is_empty() || self.name.contains(['/', '\\']) || self.name == ".." {
@@ -270,7 +278,11 @@ impl TrainConfig {
     /// The loss settings with the KL term always on (coefficient `kl_coef`, possibly 0) so the
     /// fused op reports the per-token KL to the SFT model at no extra pass.
     pub fn loss_config(&self) -> GrpoConfig {
-        GrpoConfig { kl: Some(KlPenalty { coef: self.kl_coef, estimator: KlEstimator::K3 }), ..self.grpo }
+        GrpoConfig {
+            kl: Some(KlPenalty { coef: self.kl_coef, estimator: KlEstimator::K3 }),
+            filter: self.common.filter,
+            ..self.grpo
+        }
     }
 
     /// Checks every setting.

@@ -19,7 +19,7 @@ use crate::config::{AdvantageConfig, TokenStatsConfig};
 use crate::error::{Error, Result};
 use crate::metrics::{masked_mean, mean_by_correctness, sequence_means};
 use crate::ops::{GrpoLossInputs, GrpoLossOutput};
-use crate::types::CLIPPED;
+use crate::types::{CLIPPED, OUTSIDE_KEPT};
 
 /// Metrics of one GRPO step (one line of `metrics.jsonl`, kind `"grpo"`).
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +48,12 @@ pub struct StepMetrics {
     pub garbage_mass: f64,
     /// Mean loss of the first pass's updates.
     pub loss: f64,
+    /// With a sampling filter: the fraction of response tokens that the loss, recomputing the
+    /// kept set K from the trainer's logits at each token's first update, found outside K
+    /// (0 when sampler and trainer see the same logits). `None` without a filter (and then not
+    /// written to `metrics.jsonl`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_kept: Option<f64>,
     /// Wall time of the step.
     pub seconds: f64,
 }
@@ -85,10 +91,10 @@ impl GrpoTrainer<'_> {
     pub fn step(&mut self, step: usize, set: &[Problem], ids: &[usize], rng: &mut StdRng) -> Result<StepMetrics> {
         let start = Instant::now();
         let cfg = self.cfg;
-        let ro = sample(self.policy, self.task, set, ids, cfg.group_size, cfg.common.loss, rng)?;
+        let ro = sample(self.policy, self.task, set, ids, cfg.group_size, cfg.common.loss, cfg.common.filter, rng)?;
         let batch = self.batch(&ro)?;
         let per_update = ro.len() / cfg.minibatches;
-        let mut tally = UpdateTally::default();
+        let mut tally = UpdateTally::new(cfg.common.filter.is_some());
         for epoch in 0..cfg.epochs {
             for mb in 0..cfg.minibatches {
                 let rows = mb * per_update..(mb + 1) * per_update;
@@ -132,9 +138,14 @@ impl GrpoTrainer<'_> {
         let seqs = Tensor::from_vec(ro.seqs.clone(), (b, ro.prompt_len + r), device)?;
         let targets = Tensor::from_vec(ro.targets(), (b, r), device)?;
         let ref_logits = self.reference.response_logits(&seqs, ro.prompt_len)?;
-        let ref_cfg = TokenStatsConfig { top_p: None, ..Default::default() };
+        // With a filter the KL compares truncated log-probs: the reference's over its own K.
+        let ref_cfg = TokenStatsConfig { top_p: None, filter: self.cfg.common.filter, ..Default::default() };
         let ref_stats = self.cfg.common.loss.token_stats(&ref_logits, Some(&targets), &ref_cfg)?;
-        let ref_logp = ref_stats.logp.ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?.detach();
+        let ref_logp = match self.cfg.common.filter {
+            Some(_) => ref_stats.kept.and_then(|k| k.logp),
+            None => ref_stats.logp,
+        };
+        let ref_logp = ref_logp.ok_or_else(|| Error::Candle("token_stats returned no logp".into()))?.detach();
         Ok(Batch {
             seqs,
             targets,
@@ -163,6 +174,7 @@ impl GrpoTrainer<'_> {
             kl: 0.0,
             garbage_mass: masked_mean(&ro.garbage, &ro.mask)?.unwrap_or(0.0),
             loss: 0.0,
+            outside_kept: None,
             seconds: 0.0,
         })
     }
@@ -173,16 +185,26 @@ impl GrpoTrainer<'_> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpdateTally {
     clipped: usize,
+    /// Tokens flagged outside the kept set at their first update; `None` without a filter.
+    outside: Option<usize>,
     kl_sum: f64,
     loss_sum: f64,
 }
 
 impl UpdateTally {
+    /// An empty tally; `filtered`: the loss replays a sampling filter (count outside-K tokens).
+    pub fn new(filtered: bool) -> Self {
+        Self { outside: filtered.then_some(0), ..Self::default() }
+    }
+
     /// Adds one update's outputs; `mask` is its rows' response mask.
     pub fn add(&mut self, out: &GrpoLossOutput, mask: &[f32], first_pass: bool) -> Result<()> {
         let flags = out.clip_flags.flatten_all()?.to_vec1::<u8>()?;
         self.clipped += flags.iter().zip(mask).filter(|(&f, &m)| m != 0.0 && f & CLIPPED != 0).count();
         if first_pass {
+            if let Some(o) = self.outside.as_mut() {
+                *o += flags.iter().zip(mask).filter(|(&f, &m)| m != 0.0 && f & OUTSIDE_KEPT != 0).count();
+            }
             if let Some(kl) = &out.kl {
                 let kl = kl.flatten_all()?.to_vec1::<f32>()?;
                 self.kl_sum += kl.iter().zip(mask).map(|(&k, &m)| k as f64 * m as f64).sum::<f64>();
@@ -199,6 +221,7 @@ impl UpdateTally {
         m.clip_frac = self.clipped as f64 / (tokens * epochs as f64);
         m.kl = self.kl_sum / tokens;
         m.loss = self.loss_sum / minibatches as f64;
+        m.outside_kept = self.outside.map(|o| o as f64 / tokens);
     }
 }
 

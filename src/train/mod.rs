@@ -21,6 +21,7 @@ pub mod plot;
 pub mod rft_run;
 pub mod rollout;
 pub mod run;
+pub mod sampler;
 pub mod sft;
 pub mod task;
 

@@ -1,6 +1,8 @@
 //! Batched sampling at temperature 1, with per-token statistics of the sampling policy from the
 //! token-stats op: log-prob of the sampled token (`old_logp`), entropy, Rollout Branching Factor
-//! at top-p 0.95 and the probability mass on garbage ids.
+//! at top-p 0.95 and the probability mass on garbage ids. With a sampling filter the tokens are
+//! drawn as a rollout engine draws them ([`super::sampler`]) and `old_logp` is the engine's
+//! truncated log-prob ℓ̃_old.
 //!
 //! No KV cache: responses are at most d + 2 tokens, so each step reruns the (tiny) trunk on the
 //! whole prefix and sends only the last position through the LM head, the expensive layer.
@@ -11,9 +13,10 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use super::model::Policy;
+use super::sampler::{pick_filtered, FilteredPick};
 use super::task::{Problem, Task, EOS, PAD, TASK_TOKENS};
 use super::LossImpl;
-use crate::config::TokenStatsConfig;
+use crate::config::{SamplingFilter, TokenStatsConfig};
 use crate::error::Result;
 
 /// Sequences generated per forward batch: bounds the `[chunk, V]` logits held at once.
@@ -34,7 +37,8 @@ pub struct Rollouts {
     pub seqs: Vec<u32>,
     /// 1 for sampled tokens (through `<eos>`), 0 for padding, `[B, R]`.
     pub mask: Vec<f32>,
-    /// Sampling policy's log-prob of each sampled token, `[B, R]`.
+    /// Sampling policy's log-prob of each sampled token, `[B, R]` (with a filter: under the
+    /// sampler's kept set).
     pub old_logp: Vec<f32>,
     /// Entropy of the sampling distribution, `[B, R]`.
     pub entropy: Vec<f32>,
@@ -109,12 +113,14 @@ pub fn sample(
     ids: &[usize],
     per_problem: usize,
     imp: LossImpl,
+    filter: Option<SamplingFilter>,
     rng: &mut StdRng,
 ) -> Result<Rollouts> {
     let problems: Vec<usize> = ids.iter().flat_map(|&i| std::iter::repeat_n(i, per_problem)).collect();
     let mut out = Rollouts { prompt_len: task.prompt_len(), resp_len: task.max_response(), ..Default::default() };
     for chunk in problems.chunks(CHUNK) {
-        let mut part = generate(policy, task, chunk.iter().map(|&i| task.prompt(&set[i])).collect(), imp, rng)?;
+        let prompts = chunk.iter().map(|&i| task.prompt(&set[i])).collect();
+        let mut part = generate(policy, task, prompts, imp, filter, rng)?;
         let (p, r) = (part.prompt_len, part.resp_len);
         part.rewards = chunk.iter().zip(part.seqs.chunks(p + r)).map(|(&i, s)| task.reward(&set[i], &s[p..])).collect();
         part.problems = chunk.to_vec();
@@ -124,7 +130,14 @@ pub fn sample(
 }
 
 /// Autoregressive sampling of one chunk of prompts (all of length P).
-fn generate(policy: &Policy, task: &Task, prompts: Vec<Vec<u32>>, imp: LossImpl, rng: &mut StdRng) -> Result<Rollouts> {
+fn generate(
+    policy: &Policy,
+    task: &Task,
+    prompts: Vec<Vec<u32>>,
+    imp: LossImpl,
+    filter: Option<SamplingFilter>,
+    rng: &mut StdRng,
+) -> Result<Rollouts> {
     let (b, p, r) = (prompts.len(), task.prompt_len(), task.max_response());
     let vocab = policy.config().vocab;
     let mut rows = prompts;
@@ -159,8 +172,19 @@ fn generate(policy: &Policy, task: &Task, prompts: Vec<Vec<u32>>, imp: LossImpl,
         };
         let host = logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let uniforms: Vec<f64> = (0..b).map(|_| rng.random::<f64>()).collect();
-        let picks: Vec<Pick> =
-            host.par_chunks(vocab).zip(&lse).zip(&uniforms).map(|((row, &l), &u)| pick(row, l, u)).collect();
+        let picks: Vec<Pick> = host
+            .par_chunks(vocab)
+            .zip(&lse)
+            .zip(&uniforms)
+            .map_init(Vec::new, |buf, ((row, &l), &u)| match &filter {
+                None => pick(row, l, u),
+                Some(f) => {
+                    // The garbage mass is of the unfiltered distribution, as without a filter.
+                    let FilteredPick { token, logp, .. } = pick_filtered(row, 1.0, f, u, buf);
+                    Pick { token, logp, garbage: pick(row, l, 0.0).garbage }
+                }
+            })
+            .collect();
         for (i, row) in rows.iter_mut().enumerate() {
             if done[i] {
                 row.push(PAD);

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use rlvr_kernels::train::eval::EvalResult;
 use rlvr_kernels::train::{self, CommonConfig, LossImpl, ShapingKind, TrainConfig, TrainReport};
+use rlvr_kernels::SamplingFilter;
 
 use crate::device::Device;
 use crate::error::{CliError, CliResult};
@@ -82,6 +83,16 @@ pub struct CommonArgs {
     /// Where the model and the ops run (cuda needs a build with --features cuda).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     pub device: Device,
+    /// Sample as a rollout engine with a filter does (`top-p=0.95`, `top-k=50` or
+    /// `top-k=50,top-p=0.95`), and replay the filter in the loss: the ratio is built from the
+    /// truncated log-prob over the kept set, and each step reports how many sampled tokens the
+    /// trainer found outside its recomputed kept set.
+    #[arg(long, value_parser = parse_filter)]
+    pub filter: Option<SamplingFilter>,
+}
+
+fn parse_filter(s: &str) -> Result<SamplingFilter, String> {
+    s.parse::<SamplingFilter>().map_err(|e| e.to_string())
 }
 
 /// `--loss`.
@@ -129,6 +140,7 @@ impl CommonArgs {
         };
         self.device.check_available()?;
         c.device = candle_device(self.device)?;
+        c.filter = self.filter;
         Ok(c)
     }
 }
@@ -460,8 +472,17 @@ fn print_last_steps(r: &TrainReport) {
             mean(&|s| Some(s.branch)),
             mean(&|s| Some(s.clip_frac)),
             mean(&|s| Some(s.kl)),
+            mean(&|s| s.outside_kept),
         ]);
     }
     println!("\nGRPO, mean over the last {window} steps of each run:");
-    table::print(&["shaping", "reward", "H", "H ok", "H wrong", "branch", "clip", "KL"], &rows);
+    let mut head = vec!["shaping", "reward", "H", "H ok", "H wrong", "branch", "clip", "KL"];
+    if r.steps.iter().any(|s| s.outside_kept.is_some()) {
+        head.push("outside K");
+    } else {
+        rows.iter_mut().for_each(|row| {
+            row.pop();
+        });
+    }
+    table::print(&head, &rows);
 }

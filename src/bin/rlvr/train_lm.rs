@@ -73,6 +73,7 @@ pub fn config(args: &TrainArgs) -> CliResult<LmTrainConfig> {
     cfg.shaping = shaping[0];
     c.device.check_available()?;
     cfg.device = candle_device(c.device)?;
+    cfg.filter = c.filter;
     cfg.validate()?;
     Ok(cfg)
 }
@@ -101,7 +102,7 @@ fn print_report(cfg: &LmTrainConfig, r: &LmTrainReport) {
     print_evals(&r.evals);
     println!("\nGRPO steps:");
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
-    let rows: Vec<Vec<String>> = r
+    let mut rows: Vec<Vec<String>> = r
         .steps
         .iter()
         .map(|s| {
@@ -116,10 +117,21 @@ fn print_report(cfg: &LmTrainConfig, r: &LmTrainReport) {
                 format!("{:.2e}", s.kl),
                 format!("{:.1}", s.response_len),
                 format!("{:.1}", s.seconds),
+                opt(s.outside_kept),
             ]
         })
         .collect();
-    table::print(&["step", "reward", "H", "H ok", "H wrong", "branch", "clip", "KL", "len", "s"], &rows);
+    let mut head = vec!["step", "reward", "H", "H ok", "H wrong", "branch", "clip", "KL", "len", "s"];
+    match cfg.filter {
+        Some(f) => {
+            head.push("outside K");
+            println!("(sampled with {f}; the loss replays it: \"outside K\" = sampled tokens outside the trainer's kept set)");
+        }
+        None => rows.iter_mut().for_each(|row| {
+            row.pop();
+        }),
+    }
+    table::print(&head, &rows);
     println!("\nmetrics: {}", r.metrics.display());
     println!("plots:");
     for p in &r.plots {
