@@ -8,7 +8,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rlvr_kernels::ops::{self, GrpoLossInputs};
 use rlvr_kernels::train::model::{ModelConfig, Policy};
-use rlvr_kernels::train::rollout::sample;
+use rlvr_kernels::train::rollout::{sample, Sampling};
 use rlvr_kernels::train::task::{Splits, Task};
 use rlvr_kernels::train::LossImpl;
 use rlvr_kernels::{GrpoConfig, SamplingFilter, OUTSIDE_KEPT};
@@ -23,7 +23,16 @@ fn on_policy_replay_gives_ratio_one_and_no_token_outside_k() {
     let ids: Vec<usize> = (0..8).collect();
     for filter in [SamplingFilter::top_p(0.95), SamplingFilter::top_k(40), SamplingFilter::top_k_top_p(200, 0.9)] {
         let mut rng = StdRng::seed_from_u64(9);
-        let ro = sample(&policy, &task, &splits.rl, &ids, 4, LossImpl::Fused, Some(filter), &mut rng).unwrap();
+        let ro = sample(
+            &policy,
+            &task,
+            &splits.rl,
+            &ids,
+            4,
+            Sampling { imp: LossImpl::Fused, filter: Some(filter) },
+            &mut rng,
+        )
+        .unwrap();
         let (b, r) = (ro.len(), ro.resp_len);
         let seqs = Tensor::from_vec(ro.seqs.clone(), (b, ro.prompt_len + r), &Device::Cpu).unwrap();
         let logits = policy.response_logits(&seqs, ro.prompt_len).unwrap();

@@ -136,6 +136,11 @@ impl Default for CommonConfig {
 }
 
 impl CommonConfig {
+    /// How this run's rollouts are drawn.
+    pub fn sampling(&self) -> super::rollout::Sampling {
+        super::rollout::Sampling { imp: self.loss, filter: self.filter }
+    }
+
     /// Tiny settings for a run of seconds (tests, smoke checks).
     pub fn quick() -> Self {
         Self {

@@ -78,7 +78,7 @@ pub fn evaluate(
     let n = cfg.eval_samples;
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xE7A1_0000);
     let ids: Vec<usize> = (0..problems.len()).collect();
-    let ro = sample(policy, task, problems, &ids, n, cfg.loss, cfg.filter, &mut rng)?;
+    let ro = sample(policy, task, problems, &ids, n, cfg.sampling(), &mut rng)?;
     let lengths: Vec<f64> = ro.lengths().iter().map(|&l| l as f64).collect();
     let samples = Samples {
         correct: &ro.correct(),

@@ -91,7 +91,7 @@ impl GrpoTrainer<'_> {
     pub fn step(&mut self, step: usize, set: &[Problem], ids: &[usize], rng: &mut StdRng) -> Result<StepMetrics> {
         let start = Instant::now();
         let cfg = self.cfg;
-        let ro = sample(self.policy, self.task, set, ids, cfg.group_size, cfg.common.loss, cfg.common.filter, rng)?;
+        let ro = sample(self.policy, self.task, set, ids, cfg.group_size, cfg.common.sampling(), rng)?;
         let batch = self.batch(&ro)?;
         let per_update = ro.len() / cfg.minibatches;
         let mut tally = UpdateTally::new(cfg.common.filter.is_some());

@@ -87,7 +87,7 @@ pub fn run_rft(cfg: &RftConfig, progress: &mut dyn Progress) -> Result<RftReport
     progress.start("rft sampling", 1);
     let mut rng = StdRng::seed_from_u64(c.seed ^ 0x4F7_0000);
     let ids: Vec<usize> = (0..splits.rl.len()).collect();
-    let ro = sample(&sft, &task, &splits.rl, &ids, cfg.rollouts, c.loss, c.filter, &mut rng)?;
+    let ro = sample(&sft, &task, &splits.rl, &ids, cfg.rollouts, c.sampling(), &mut rng)?;
     progress.finish();
     let records = rollout_records(&ro)?;
     let mut outcomes = Vec::new();

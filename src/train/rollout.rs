@@ -102,6 +102,15 @@ impl Rollouts {
     }
 }
 
+/// How rollouts are drawn: the ops behind the sampler's statistics, and the sampler's filter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampling {
+    /// Fused or naive ops for the per-token statistics.
+    pub imp: LossImpl,
+    /// Top-k / top-p as an engine applies it (`None`: plain sampling).
+    pub filter: Option<SamplingFilter>,
+}
+
 /// Samples `per_problem` responses to each problem `set[i]` for i in `ids` (in that order, so
 /// the rollouts of one problem are consecutive), scores them with the task's verifier and
 /// records the sampling statistics. Uniforms come from `rng` in a fixed order, so a seed gives
@@ -112,10 +121,10 @@ pub fn sample(
     set: &[Problem],
     ids: &[usize],
     per_problem: usize,
-    imp: LossImpl,
-    filter: Option<SamplingFilter>,
+    how: Sampling,
     rng: &mut StdRng,
 ) -> Result<Rollouts> {
+    let Sampling { imp, filter } = how;
     let problems: Vec<usize> = ids.iter().flat_map(|&i| std::iter::repeat_n(i, per_problem)).collect();
     let mut out = Rollouts { prompt_len: task.prompt_len(), resp_len: task.max_response(), ..Default::default() };
     for chunk in problems.chunks(CHUNK) {

@@ -120,7 +120,7 @@ pub(crate) fn sft_phase(
         let loss = trainer.step(&data, c.sft_batch, &mut rng)?;
         let probed = match c.sft_target {
             Some(_) if step % SFT_PROBE_EVERY == 0 => {
-                Some(sample(policy, task, &splits.sft, &probe, 1, c.loss, c.filter, &mut probe_rng)?.mean_reward())
+                Some(sample(policy, task, &splits.sft, &probe, 1, c.sampling(), &mut probe_rng)?.mean_reward())
             }
             _ => None,
         };
