@@ -159,6 +159,7 @@ pub(crate) fn all_finite(
 /// more than [`MAX_BLOCKS`] blocks (and more than a quarter of the row) or the head's bound
 /// falls short by rounding. `f` is [`effective`]. `order` and `cand` are scratch.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn from_blocks<const AVX2: bool>(
     z: &[f32],
     maxima: &[f32],
@@ -280,12 +281,17 @@ pub(crate) fn from_candidates(
 
 /// K of a top-p filter alone found by the top-p count's bottom mode: `zc` are the logits it
 /// gathered (every logit ≤ its threshold, a superset of the complement of K), `tau` the e value
-/// at the crossing (e = `math::exp((z − zmax)·(1/T))`, as the count computed it). z_τ is the
+/// at the crossing (e = `math::exp((z − zmax)·(1/T))`, as the count computed it; `ec` those
+/// e of `zc` when the count kept them in order). z_τ is the
 /// smallest candidate with e ≥ τ; everything else in K lies above the candidates. K's sums are
-/// the pass's S and W minus those of the candidates below z_τ.
+/// the pass's S and W minus those of the candidates below z_τ. `None` (fall back) if no
+/// candidate reaches τ or e is not monotone in z there. Inlined into the AVX2 copy of the
+/// kernel: a `math::exp::<true>` outside it costs ~10× more.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn from_complement<const AVX2: bool>(
     zc: &[f32],
+    ec: Option<&[f32]>,
     vocab: usize,
     zmax: f32,
     inv_t: f32,
@@ -293,19 +299,43 @@ pub(crate) fn from_complement<const AVX2: bool>(
     w: f64,
     tau: f32,
 ) -> Option<(f32, f64, f64, u32)> {
-    let zt = zc.iter().copied().filter(|&v| math::exp::<AVX2>((v - zmax) * inv_t) >= tau).fold(f32::INFINITY, f32::min);
-    if zt == f32::INFINITY {
-        return None;
-    }
+    // One branch-free pass: the candidates below τ summed (8 f32 lanes per 256 values, then f64,
+    // as the pass's own sums), the smallest one at or above τ (z_τ) and the largest one below it.
     let (mut sc, mut wc, mut out) = (0.0f64, 0.0f64, 0usize);
-    for &v in zc.iter().filter(|&&v| v < zt) {
-        let x = (v - zmax) * inv_t;
-        let e = math::exp::<AVX2>(x);
-        sc += e as f64;
-        if e > 0.0 {
-            wc += x as f64 * e as f64;
+    let (mut zt, mut below) = (f32::INFINITY, f32::NEG_INFINITY);
+    let mut buf = [0.0f32; 256];
+    for (i, zch) in zc.chunks(256).enumerate() {
+        let ech: &[f32] = match ec {
+            Some(ec) => &ec[i * 256..i * 256 + zch.len()],
+            None => {
+                for (e, &v) in buf.iter_mut().zip(zch) {
+                    *e = math::exp::<AVX2>((v - zmax) * inv_t);
+                }
+                &buf[..zch.len()]
+            }
+        };
+        let (mut a, mut b, mut c) = ([0.0f32; 8], [0.0f32; 8], [0u32; 8]);
+        let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+        for (k, (&v, &e)) in zch.iter().zip(ech).enumerate() {
+            let j = k % 8;
+            let out = e < tau;
+            let x = (v - zmax) * inv_t;
+            a[j] += if out { e } else { 0.0 };
+            b[j] += if out && e > 0.0 { x * e } else { 0.0 };
+            c[j] += u32::from(out);
+            lo[j] = if out { lo[j] } else { lo[j].min(v) };
+            hi[j] = if out { hi[j].max(v) } else { hi[j] };
         }
-        out += 1;
+        sc += math::fold8(a) as f64;
+        wc += math::fold8(b) as f64;
+        out += c.iter().sum::<u32>() as usize;
+        zt = lo.iter().fold(zt, |m, &v| m.min(v));
+        below = hi.iter().fold(below, |m, &v| m.max(v));
+    }
+    if zt == f32::INFINITY || below >= zt {
+        // No crossing among them, or e not monotone in z at the crossing (never seen; K must
+        // be {z ≥ z_τ}): the caller falls back.
+        return None;
     }
     Some((zt, s - sc, w - wc, (vocab - out) as u32))
 }

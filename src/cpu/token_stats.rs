@@ -215,8 +215,9 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             None => (0, None),
         };
         if let Some(tau) = tau {
-            let zc = scratch.top_p.bottom_logits();
-            found = kept::from_complement::<AVX2>(zc, z.len(), m, inv_t, s, w, tau).map(|k| (k, KeptPath::Complement));
+            let (zc, ec) = scratch.top_p.bottom_logits();
+            found =
+                kept::from_complement::<AVX2>(zc, ec, z.len(), m, inv_t, s, w, tau).map(|k| (k, KeptPath::Complement));
         }
         // `None` here: the caller reads the row again (`kept::plain`).
         let kept = found.map(|((thr, sk, wk, count), path)| {

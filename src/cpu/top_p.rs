@@ -90,6 +90,8 @@ pub(crate) struct TopPScratch {
     partition_len: usize,
     /// Bottom mode's candidate logits, kept for the kept set (see [`Keeper::finish`]).
     zc: Vec<f32>,
+    /// Their e_i, in the same order (empty when some were dropped as 0).
+    ec: Vec<f32>,
 }
 
 /// What the statistics pass does for the count.
@@ -133,9 +135,9 @@ pub(crate) struct Keeper<'a> {
 }
 
 impl TopPScratch {
-    /// The logits bottom mode gathered, as [`Keeper::finish`] left them.
-    pub(crate) fn bottom_logits(&self) -> &[f32] {
-        &self.zc
+    /// The logits bottom mode gathered, as [`Keeper::finish`] left them, and their e_i if kept.
+    pub(crate) fn bottom_logits(&self) -> (&[f32], Option<&[f32]>) {
+        (&self.zc, (self.ec.len() == self.zc.len()).then_some(&self.ec[..]))
     }
 
     /// Starts the count of the f32 logits `row` at `top_p` and inverse temperature `inv_t` (the
@@ -326,6 +328,11 @@ impl Keeper<'_> {
         let need = top_p as f64 * s;
         let all = n;
         let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+        // Their e in the same order (when none was dropped), so K's sums need no `exp` again.
+        sc.ec.clear();
+        if n == all {
+            sc.ec.extend_from_slice(&sc.kept[..n]);
+        }
         let above = Above { count: row.len() - all, mass: s - mass };
         if above.mass >= need {
             // The estimate missed: no K from here; the count as `branch` finds it.
