@@ -4,28 +4,30 @@
 //! `common/real_rows.rs`; skipped, with one line saying so, when the model is not fetched):
 //! (a) the naive candle composition with host-sorted top-p, (b) a plain single-pass LSE (the
 //! floor of any fused pass: one read, one exp per element), (c) fused stats with top-p 0.95 and
-//! targets, (d) fused stats with targets, without top-p.
+//! targets, (d) fused stats with targets, without top-p, (e) (c) with the sampler's filter
+//! top-p 0.95 and (f) with top-k 50 then top-p 0.95 (the statistics over the kept set too).
 //!
 //! Throughput is the bytes of logits that must be read (N·V·dtype size). DESIGN.md §6 targets:
 //! (c) ≥ 10× faster than (a) and ≤ 1.5× the time of (b). Kept short for a 2-core machine:
 //! 10 samples, short warm-up and measurement.
 //!
 //! Run: `cargo bench --bench cpu` (results under target/criterion/cpu_*); the real rows alone:
-//! `cargo bench --bench cpu -- real`.
+//! `cargo bench --bench cpu -- real`; the filter against its baseline:
+//! `cargo bench --bench cpu -- 'c_fused_top_p|e_filter|f_filter'`.
 
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use rlvr_kernels::{cpu, naive, Element, TokenStatsConfig};
+use rlvr_kernels::{cpu, naive, Element, SamplingFilter, TokenStatsConfig};
 
 #[path = "common/real_rows.rs"]
 mod real_rows;
 #[path = "common/rows.rs"]
 mod rows;
 
-/// Times the four variants on `values` (`[N, V]` with N = `targets.len()`), narrowed to `E` by
+/// Times the six variants on `values` (`[N, V]` with N = `targets.len()`), narrowed to `E` by
 /// round-to-nearest-even.
 fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str, values: &[f32], targets: &[u32]) {
     let (n, v) = (targets.len(), values.len() / targets.len());
@@ -51,6 +53,17 @@ fn bench_kind<E: Element + candle_core::WithDType>(c: &mut Criterion, kind: &str
     group.bench_function(BenchmarkId::from_parameter("d_fused_no_top_p"), |b| {
         b.iter(|| cpu::token_stats(&logits, v, Some(targets), &no_p).expect("valid"))
     });
+    // (e), (f): (c) with the sampler's filter (the kept set's lse_K, H̃, ℓ̃, |K| and outside
+    // flags beside (c)'s outputs); issue 15's goal: ≤ 10% over (c).
+    for (name, filter) in [
+        ("e_filter_top_p", SamplingFilter::top_p(0.95)),
+        ("f_filter_top_k_top_p", SamplingFilter::top_k_top_p(50, 0.95)),
+    ] {
+        let cfg = TokenStatsConfig { filter: Some(filter), ..with_p };
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| cpu::token_stats(&logits, v, Some(targets), &cfg).expect("valid"))
+        });
+    }
     group.finish();
 }
 

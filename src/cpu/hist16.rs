@@ -15,6 +15,8 @@
 //! ascending. Histogram: 65536 u32 per thread (256 KiB, in L2), cleared entry by entry after
 //! each row (only the patterns the row used).
 
+use crate::config::SamplingFilter;
+use crate::cpu::kept::{self, KeptOut, KeptPath};
 use crate::cpu::math::{self, EXP_LO};
 use crate::cpu::token_stats::{RowOut, RowProblem};
 use crate::element::{DType, Element};
@@ -108,7 +110,8 @@ impl Hist16 {
     }
 }
 
-/// The statistics of one bf16/f16 row (see the module doc); the top-p count when `top_p` is set.
+/// The statistics of one bf16/f16 row (see the module doc); the top-p count when `top_p` is set,
+/// the statistics over the kept set of `filter` when set (see [`kept_stats`]).
 /// Same results as the per-token path up to rounding (S and W are more accurate here: one f32
 /// rounding per distinct value instead of per token, f64 sums).
 #[inline(always)]
@@ -117,6 +120,7 @@ pub(crate) fn row_stats<E: Element, const AVX2: bool>(
     inv_t: f32,
     target: Option<u32>,
     top_p: Option<f32>,
+    filter: Option<SamplingFilter>,
     h: &mut Hist16,
 ) -> RowOut {
     debug_assert!(E::DTYPE != DType::F32);
@@ -182,15 +186,12 @@ pub(crate) fn row_stats<E: Element, const AVX2: bool>(
     let entropy = ln_s - w / s;
     let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
     let branch = top_p.map_or(0, |p| branch_count(mult, e, p as f64 * s));
+    let kept = filter.map(|f| {
+        let zy = target.map(|y| z[y as usize].to_f32());
+        kept_stats(values, mult, e, d, m, inv_t, s, w, f, zy, logp as f32)
+    });
     h.clear(false, n);
-    RowOut {
-        lse: lse as f32,
-        entropy: entropy as f32,
-        logp: logp as f32,
-        branch,
-        problem: RowProblem::None,
-        kept: None,
-    }
+    RowOut { lse: lse as f32, entropy: entropy as f32, logp: logp as f32, branch, problem: RowProblem::None, kept }
 }
 
 /// The tie rule of DESIGN.md §4 over distinct values in descending order (`mult[i]` tokens of
@@ -212,4 +213,70 @@ fn branch_count(mult: &[u32], e: &[f32], need: f64) -> u32 {
         mass += m;
     }
     count as u32
+}
+
+/// The statistics over the kept set of `f` from the distinct values (descending `values`, each
+/// held by `mult` tokens, with the pass's e_v and d_v; max `m`, S = `s`, W = `w`): K is every
+/// value ≥ the crossing value v_τ (all its ties). Top-k: values from the top until their counts
+/// reach k. Top-p: values from the top (within the top-k values) until Σ c_v·e_v reaches p·(their
+/// mass, or S). Then Σ_K e, Σ_K d·e and |K| are prefix sums of the same f64 terms as S and W, and
+/// the target is inside when z_y ≥ v_τ. No read of the row. `zy` is the target's logit,
+/// `logp_full` its unfiltered log-prob.
+#[allow(clippy::too_many_arguments)]
+fn kept_stats(
+    values: &[f32],
+    mult: &[u32],
+    e: &[f32],
+    d: &[f32],
+    m: f32,
+    inv_t: f32,
+    s: f64,
+    w: f64,
+    f: SamplingFilter,
+    zy: Option<f32>,
+    logp_full: f32,
+) -> KeptOut {
+    // The finite values (a −inf value, if any, is the last).
+    let finite = values.len() - usize::from(values[values.len() - 1] == f32::NEG_INFINITY);
+    let tokens: u64 = mult[..finite].iter().map(|&c| c as u64).sum();
+    let target = |thr: f32| zy.map(|v| (v, v >= thr && v > f32::NEG_INFINITY));
+    let Some(f) = kept::effective(f, tokens as usize) else {
+        // Every finite token: K's sums are S and W themselves.
+        let thr = values[finite - 1];
+        return kept::finish(m, inv_t, s, w, tokens as u32, thr, target(thr), logp_full, KeptPath::Hist);
+    };
+    // The last value index of the top-k step (all of its ties).
+    let mut last = finite - 1;
+    if let Some(k) = f.top_k {
+        let mut cum = 0u64;
+        for (i, &c) in mult[..finite].iter().enumerate() {
+            cum += c as u64;
+            if cum >= k as u64 {
+                last = i;
+                break;
+            }
+        }
+    }
+    let term = |i: usize| mult[i] as f64 * e[i] as f64;
+    if let Some(p) = f.top_p {
+        let total = if f.top_k.is_some() { (0..=last).map(term).sum::<f64>() } else { s };
+        let goal = p as f64 * total;
+        let mut cum = 0.0;
+        for i in 0..=last {
+            cum += term(i);
+            if cum >= goal {
+                last = i;
+                break;
+            }
+        }
+    }
+    let (mut sk, mut wk, mut count) = (0.0f64, 0.0f64, 0u64);
+    for i in 0..=last {
+        let ce = term(i);
+        sk += ce;
+        wk += ce * d[i] as f64;
+        count += mult[i] as u64;
+    }
+    let thr = values[last];
+    kept::finish(m, inv_t, sk, wk, count as u32, thr, target(thr), logp_full, KeptPath::Hist)
 }

@@ -5,9 +5,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::config::TokenStatsConfig;
+use crate::config::{SamplingFilter, TokenStatsConfig};
 use crate::cpu::hist16::{self, Hist16};
-use crate::cpu::kept::{row_kept, KeptOut, RowKept};
+use crate::cpu::kept::{self, KeptOut, KeptPath, RowKept};
 use crate::cpu::math::{self, SimdKernel, BLOCK};
 use crate::cpu::top_p::{Keeper, TopPScratch};
 use crate::element::{DType, Element};
@@ -62,6 +62,10 @@ pub(crate) struct Scratch {
     hist16: Hist16,
     /// The kept-set selection's buffer.
     kept: Vec<f32>,
+    /// Each block's max (f32 rows with a filter).
+    maxima: Vec<f32>,
+    /// The block maxima in selection order (f32 rows with a filter).
+    order: Vec<f32>,
 }
 
 /// The fused statistics of one row `z` at inverse temperature `inv_t` (AVX2+FMA when the CPU
@@ -85,8 +89,9 @@ pub(crate) struct Scratch {
 /// computed terms, for any V (see [`math::exp_sums`]); each term's own error is that of
 /// (z_i − m)·(1/T): ≤ 3u·|x_i − m| relative in e_i.
 ///
-/// With `kept` (a filter or the engine's ids) the statistics over the kept set K come too
-/// (see [`crate::cpu::kept`]).
+/// With `kept` (a filter or the engine's ids) the statistics over the kept set K come too, from
+/// what the pass left (see [`crate::cpu::kept`]); lse, entropy, logp and the branch count are
+/// the same bits with and without it.
 pub(crate) fn row_stats<E: Element>(
     z: &[E],
     inv_t: f32,
@@ -95,9 +100,21 @@ pub(crate) fn row_stats<E: Element>(
     kept: Option<RowKept>,
     scratch: &mut Scratch,
 ) -> RowOut {
-    let mut out = math::dispatch(RowKernel { z, inv_t, target, top_p, scratch: &mut *scratch });
-    if let (Some(how), RowProblem::None) = (kept, out.problem) {
-        out.kept = Some(row_kept(z, inv_t, out.logp, target, how, &mut scratch.kept));
+    let filter = match kept {
+        Some(RowKept::Filter(f)) => Some(f),
+        _ => None,
+    };
+    let mut out = math::dispatch(RowKernel { z, inv_t, target, top_p, filter, scratch: &mut *scratch });
+    if out.problem != RowProblem::None {
+        out.kept = None;
+        return out;
+    }
+    match kept {
+        Some(RowKept::Ids(ids)) => out.kept = Some(kept::from_ids(z, inv_t, out.logp, target, ids)),
+        Some(RowKept::Filter(f)) if out.kept.is_none() => {
+            out.kept = Some(kept::plain(z, inv_t, out.logp, target, &f, &mut scratch.kept));
+        }
+        _ => {}
     }
     out
 }
@@ -108,6 +125,7 @@ struct RowKernel<'a, E> {
     inv_t: f32,
     target: Option<u32>,
     top_p: Option<f32>,
+    filter: Option<SamplingFilter>,
     scratch: &'a mut Scratch,
 }
 
@@ -116,9 +134,9 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
 
     #[inline(always)]
     fn run<const AVX2: bool>(self) -> RowOut {
-        let RowKernel { z, inv_t, target, top_p, scratch } = self;
+        let RowKernel { z, inv_t, target, top_p, filter, scratch } = self;
         if E::DTYPE != DType::F32 {
-            return hist16::row_stats::<E, AVX2>(z, inv_t, target, top_p, &mut scratch.hist16);
+            return hist16::row_stats::<E, AVX2>(z, inv_t, target, top_p, filter, &mut scratch.hist16);
         }
         if scratch.buf.len() < BLOCK {
             scratch.buf.resize(BLOCK, 0.0);
@@ -132,10 +150,26 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             kept: None,
         };
         // Only f32 rows get here (16-bit rows returned above), so the cast is to the row itself.
-        let mut keeper = top_p.map(|p| scratch.top_p.start(p, inv_t, bytemuck::cast_slice(z)));
+        let row: &[f32] = bytemuck::cast_slice(z);
+        let filter = filter.map(|f| kept::effective(f, z.len()));
+        // A top-p filter alone shares the count's keeper (its bottom mode finds K's crossing on
+        // flat rows); without a count it gets one of its own.
+        let filter_p = match filter {
+            Some(Some(SamplingFilter { top_k: None, top_p: Some(p) })) => Some(p),
+            _ => None,
+        };
+        let keeper_p = match (top_p, filter_p) {
+            (Some(q), _) => Some(q),
+            (None, p) => p,
+        };
+        let mut keeper = keeper_p.map(|p| scratch.top_p.start(p, inv_t, row));
+        let maxima = filter.is_some().then(|| {
+            scratch.maxima.clear();
+            &mut scratch.maxima
+        });
         let sums = match keeper.as_mut() {
-            Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k)),
-            None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None),
+            Some(k) => sums::<E, AVX2, true>(z, inv_t, &mut scratch.buf, Some(k), maxima),
+            None => sums::<E, AVX2, false>(z, inv_t, &mut scratch.buf, None, maxima),
         };
         let Some(Sums { m, s, w }) = sums else {
             return RowOut { problem: RowProblem::NonFinite, ..nan };
@@ -147,18 +181,50 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
         let lse = m as f64 * inv_t as f64 + ln_s;
         let entropy = ln_s - w / s;
         let logp = target.map_or(f64::NAN, |y| ((z[y as usize].to_f32() - m) * inv_t) as f64 - ln_s);
-        let branch = match (keeper, top_p) {
-            (Some(k), Some(_)) => k.branch::<AVX2>(m, s),
-            _ => 0,
+        let Some(filter) = filter else {
+            let branch = match (keeper, top_p) {
+                (Some(k), Some(_)) => k.branch::<AVX2>(m, s),
+                _ => 0,
+            };
+            return RowOut {
+                lse: lse as f32,
+                entropy: entropy as f32,
+                logp: logp as f32,
+                branch,
+                problem: RowProblem::None,
+                kept: None,
+            };
         };
-        RowOut {
-            lse: lse as f32,
-            entropy: entropy as f32,
-            logp: logp as f32,
-            branch,
-            problem: RowProblem::None,
-            kept: None,
+        let (logp, entropy, lse) = (logp as f32, entropy as f32, lse as f32);
+        let Some(f) = filter else {
+            // Every finite token kept.
+            let branch = match (keeper, top_p) {
+                (Some(k), Some(_)) => k.branch::<AVX2>(m, s),
+                _ => 0,
+            };
+            let kept = kept::all_finite(row, m, inv_t, s, w, target, logp);
+            return RowOut { lse, entropy, logp, branch, problem: RowProblem::None, kept: Some(kept) };
+        };
+        let mut found =
+            kept::from_blocks::<AVX2>(row, &scratch.maxima, m, inv_t, s, &f, &mut scratch.order, &mut scratch.kept)
+                .map(|k| (k, KeptPath::Blocks));
+        // The keeper's p is the filter's when `filter_p == keeper_p`.
+        let bottom = found.is_none() && filter_p.is_some() && filter_p == keeper_p;
+        let (branch, tau) = match keeper {
+            Some(k) => k.finish::<AVX2>(m, s, top_p.is_some(), bottom),
+            None => (0, None),
+        };
+        if let Some(tau) = tau {
+            let (zc, ec) = scratch.top_p.bottom_logits();
+            found =
+                kept::from_complement::<AVX2>(zc, ec, z.len(), m, inv_t, s, w, tau).map(|k| (k, KeptPath::Complement));
         }
+        // `None` here: the caller reads the row again (`kept::plain`).
+        let kept = found.map(|((thr, sk, wk, count), path)| {
+            let target = target.map(|y| (row[y as usize], row[y as usize] >= thr));
+            kept::finish(m, inv_t, sk, wk, count, thr, target, logp, path)
+        });
+        RowOut { lse, entropy, logp, branch, problem: RowProblem::None, kept }
     }
 }
 
@@ -177,6 +243,7 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
     inv_t: f32,
     buf: &mut [f32],
     mut keeper: Option<&mut Keeper>,
+    mut maxima: Option<&mut Vec<f32>>,
 ) -> Option<Sums> {
     let mut acc = Sums { m: f32::NEG_INFINITY, s: 0.0, w: 0.0 };
     for block in z.chunks(BLOCK) {
@@ -187,6 +254,9 @@ fn sums<E: Element, const AVX2: bool, const KEEP: bool>(
         };
         if bad {
             return None;
+        }
+        if let Some(mx) = maxima.as_deref_mut() {
+            mx.push(bmax);
         }
         if bmax > acc.m {
             if acc.s > 0.0 {
@@ -314,8 +384,15 @@ fn stats<E: Element>(
 /// The struct-of-arrays [`KeptStats`] of rows computed with a kept set (NaN statistics and
 /// |K| = 0 for rows that had none: unchecked bad rows).
 pub(crate) fn kept_stats(rows: &[RowOut], with_targets: bool) -> KeptStats {
-    let none =
-        KeptOut { lse: f32::NAN, entropy: f32::NAN, logp: f32::NAN, count: 0, outside: false, threshold: f32::NAN };
+    let none = KeptOut {
+        lse: f32::NAN,
+        entropy: f32::NAN,
+        logp: f32::NAN,
+        count: 0,
+        outside: false,
+        threshold: f32::NAN,
+        path: KeptPath::Plain,
+    };
     let k = |r: &RowOut| r.kept.unwrap_or(none);
     KeptStats {
         lse: rows.iter().map(|r| k(r).lse).collect(),
@@ -332,6 +409,8 @@ mod tests {
     //! with and without AVX2: the step taken, and the count inside the reference's band.
 
     use super::*;
+    use crate::config::SamplingFilter;
+    use crate::cpu::kept::{KeptPath, RowKept};
     use crate::cpu::top_p::Path;
     use crate::reference;
     use rand::rngs::StdRng;
@@ -358,7 +437,7 @@ mod tests {
             let Scratch { buf, top_p: tp, .. } = &mut scratch;
             buf.resize(BLOCK, 0.0);
             let mut k = tp.start(top_p, inv_t, z);
-            let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k)).expect("finite row");
+            let Sums { m, s, .. } = sums::<f32, AVX2, true>(z, inv_t, buf, Some(&mut k), None).expect("finite row");
             k.branch_path::<AVX2>(m, s)
         }
     }
@@ -379,6 +458,59 @@ mod tests {
 
     fn uniform(n: usize, a: f32, rng: &mut StdRng) -> Vec<f32> {
         (0..n).map(|_| rng.random_range(-a..a)).collect()
+    }
+
+    /// The kept set of `z` under `f` (top-p count `top_p` too): its path, and its |K| inside
+    /// the reference's band and its lse_K / H̃ / ℓ̃ within 2e−5 of the plain second read's
+    /// (which is exact in f64 on the same K; 2e−5 covers the f32 `exp` and the complement's
+    /// S − S_c at these rows' |x| ≤ 12).
+    fn kept_path(z: &[f32], t: f32, top_p: Option<f32>, f: SamplingFilter) -> KeptPath {
+        let y = (z.len() / 3) as u32;
+        let mut scratch = Scratch::default();
+        let out = row_stats(z, 1.0 / t, Some(y), top_p, Some(RowKept::Filter(f)), &mut scratch);
+        let k = out.kept.expect("kept");
+        let zf: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+        let (lo, hi) = reference::kept_band(&zf, t as f64, &f);
+        assert!(lo <= k.count && k.count <= hi, "{f}: {} not in [{lo}, {hi}] ({:?})", k.count, k.path);
+        let want = crate::cpu::kept::plain(z, 1.0 / t, out.logp, Some(y), &f, &mut Vec::new());
+        if want.count == k.count {
+            assert_eq!(want.threshold, k.threshold, "{f} ({:?})", k.path);
+            assert_eq!(want.outside, k.outside);
+            for (a, b, what) in [(k.lse, want.lse, "lse"), (k.entropy, want.entropy, "H"), (k.logp, want.logp, "logp")]
+            {
+                assert!((a - b).abs() <= 2e-5 * b.abs().max(1.0), "{f} {what}: {a} vs {b} ({:?})", k.path);
+            }
+        }
+        k.path
+    }
+
+    #[test]
+    fn kept_sets_of_f32_rows_take_their_fast_paths() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let flat = uniform(151_936, 0.5, &mut rng);
+        let mut lm: Vec<f32> = (0..151_936).map(|_| 2.0 * rng.random_range(-1.7f32..1.7)).collect();
+        for i in [5, 70_000, 150_000] {
+            lm[i] = 16.0;
+        }
+        let mut heavy: Vec<f32> = (0..100_000).map(|_| 3.0 * rng.random_range(-1.7f32..1.7)).collect();
+        heavy[77] = 12.0;
+        let (p, kp) = (SamplingFilter::top_p(0.95), SamplingFilter::top_k_top_p(50, 0.95));
+        for top_p in [None, Some(0.95)] {
+            // Flat rows: top-p alone from the count's bottom mode, top-k from 50 blocks.
+            assert_eq!(kept_path(&flat, 1.0, top_p, p), KeptPath::Complement);
+            assert_eq!(kept_path(&flat, 0.7, top_p, kp), KeptPath::Blocks);
+            assert_eq!(kept_path(&flat, 1.0, top_p, SamplingFilter::top_k(1000)), KeptPath::Plain);
+            // LM-like rows: the head blocks.
+            assert_eq!(kept_path(&lm, 1.0, top_p, p), KeptPath::Blocks);
+            assert_eq!(kept_path(&lm, 1.0, top_p, kp), KeptPath::Blocks);
+            assert_eq!(kept_path(&lm, 1.0, top_p, SamplingFilter::top_k(20)), KeptPath::Blocks);
+            // Heavy noise holding most of the mass: neither (the plain second read).
+            assert_eq!(kept_path(&heavy, 1.0, top_p, p), KeptPath::Plain);
+            // Every finite token.
+            assert_eq!(kept_path(&lm, 1.0, top_p, SamplingFilter::top_p(1.0)), KeptPath::All);
+        }
+        // A count at another p than the filter's: the flat row's K has no bottom mode.
+        assert_eq!(kept_path(&flat, 1.0, Some(0.9), p), KeptPath::Plain);
     }
 
     #[test]

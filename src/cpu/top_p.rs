@@ -88,6 +88,10 @@ pub(crate) struct TopPScratch {
     sample_src: Vec<f32>,
     /// How many values the last [`split`] left in `next`.
     partition_len: usize,
+    /// Bottom mode's candidate logits, kept for the kept set (see [`Keeper::finish`]).
+    zc: Vec<f32>,
+    /// Their e_i, in the same order (empty when some were dropped as 0).
+    ec: Vec<f32>,
 }
 
 /// What the statistics pass does for the count.
@@ -131,6 +135,11 @@ pub(crate) struct Keeper<'a> {
 }
 
 impl TopPScratch {
+    /// The logits bottom mode gathered, as [`Keeper::finish`] left them, and their e_i if kept.
+    pub(crate) fn bottom_logits(&self) -> (&[f32], Option<&[f32]>) {
+        (&self.zc, (self.ec.len() == self.zc.len()).then_some(&self.ec[..]))
+    }
+
     /// Starts the count of the f32 logits `row` at `top_p` and inverse temperature `inv_t` (the
     /// keeper reads the row again for phase 0's candidates and the head and fallback steps, and
     /// places phase 0's buffer by its address, see [`aligned_start`]).
@@ -300,41 +309,83 @@ impl Keeper<'_> {
                 return (select::<AVX2>(sc, n, need, above), Path::Bottom);
             }
         }
-        // Head: blocks by descending max until their maxima alone hold p·S.
-        // Only maxima of e ≥ need/(4·HEAD_MAX_BLOCKS) are sorted: if those cannot reach p·S
-        // within HEAD_MAX_BLOCKS blocks, the head step is not worth it (the order of the
-        // maxima that are sorted is the full order's prefix, so any t found is the same).
-        let floor = need / (4 * HEAD_MAX_BLOCKS) as f64;
-        sc.sample_src.clear();
-        sc.sample_src.extend(sc.block_max.iter().map(|&bm| math::exp::<AVX2>((bm - zmax) * inv_t)));
-        sc.order.clear();
-        sc.order.extend(
-            sc.block_max.iter().zip(&sc.sample_src).filter(|&(_, &e)| e as f64 >= floor).map(|(&bm, &e)| (bm, e)),
-        );
-        sc.order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-        let mut cum = 0.0;
-        let mut t = None;
-        for &(bm, e) in sc.order.iter().take(HEAD_MAX_BLOCKS) {
-            cum += e as f64;
-            if cum >= need {
-                t = Some(bm);
-                break;
-            }
-        }
-        let (from, path) = match t {
-            Some(t) => (t, Path::Head),
-            // Fallback: the safe cut e_i ≥ ½(1 − p)·S/V, as a logit.
-            None => (zmax + ((0.5 * (1.0 - top_p as f64) * s / vocab as f64).ln() as f32) / inv_t, Path::Fallback),
-        };
-        let mut n = 0;
-        for (block, &bm) in row.chunks(BLOCK).zip(&sc.block_max) {
-            if bm >= from {
-                math::compact_range::<AVX2>(block, from, f32::INFINITY, &mut sc.kept, &mut n);
-            }
-        }
-        to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
-        (select::<AVX2>(sc, n, need, Above::default()), path)
+        head::<AVX2>(sc, row, top_p, inv_t, zmax, s)
     }
+
+    /// The count (when `count`) as [`Keeper::branch`], and with `kept`, when bottom mode finds
+    /// the crossing, its e value τ (e = `math::exp((z − zmax)·(1/T))`; the smallest positive
+    /// f32 when rounding left the candidates short: every token with mass) with the bottom
+    /// candidates' logits in [`TopPScratch::bottom_logits`] (for the kept set K = {e ≥ τ},
+    /// see [`crate::cpu::kept::from_complement`]). Same count as [`Keeper::branch`].
+    #[inline(always)]
+    pub(crate) fn finish<const AVX2: bool>(self, zmax: f32, s: f64, count: bool, kept: bool) -> (u32, Option<f32>) {
+        if !(kept && matches!(self.mode, Mode::Bottom { .. })) {
+            return (if count { self.branch::<AVX2>(zmax, s) } else { 0 }, None);
+        }
+        let Keeper { sc, row, top_p, inv_t, mut n, .. } = self;
+        sc.zc.clear();
+        sc.zc.extend_from_slice(&sc.kept[..n]);
+        let need = top_p as f64 * s;
+        let all = n;
+        let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+        // Their e in the same order (when none was dropped), so K's sums need no `exp` again.
+        sc.ec.clear();
+        if n == all {
+            sc.ec.extend_from_slice(&sc.kept[..n]);
+        }
+        let above = Above { count: row.len() - all, mass: s - mass };
+        if above.mass >= need {
+            // The estimate missed: no K from here; the count as `branch` finds it.
+            return (if count { head::<AVX2>(sc, row, top_p, inv_t, zmax, s).0 } else { 0 }, None);
+        }
+        let c = crossing::<AVX2>(sc, n, need, above);
+        let tau = match &c {
+            Ok(c) => c.tau,
+            Err(_) => f32::from_bits(1),
+        };
+        (if count { count_of(c, need) } else { 0 }, Some(tau))
+    }
+}
+
+/// The head and fallback steps of [`Keeper::branch_path`] (after the pass; `sc.block_max` holds
+/// the blocks' maxima).
+#[inline(always)]
+fn head<const AVX2: bool>(sc: &mut TopPScratch, row: &[f32], top_p: f32, inv_t: f32, zmax: f32, s: f64) -> (u32, Path) {
+    let need = top_p as f64 * s;
+    let vocab = row.len();
+    // Head: blocks by descending max until their maxima alone hold p·S.
+    // Only maxima of e ≥ need/(4·HEAD_MAX_BLOCKS) are sorted: if those cannot reach p·S
+    // within HEAD_MAX_BLOCKS blocks, the head step is not worth it (the order of the
+    // maxima that are sorted is the full order's prefix, so any t found is the same).
+    let floor = need / (4 * HEAD_MAX_BLOCKS) as f64;
+    sc.sample_src.clear();
+    sc.sample_src.extend(sc.block_max.iter().map(|&bm| math::exp::<AVX2>((bm - zmax) * inv_t)));
+    sc.order.clear();
+    sc.order
+        .extend(sc.block_max.iter().zip(&sc.sample_src).filter(|&(_, &e)| e as f64 >= floor).map(|(&bm, &e)| (bm, e)));
+    sc.order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    let mut cum = 0.0;
+    let mut t = None;
+    for &(bm, e) in sc.order.iter().take(HEAD_MAX_BLOCKS) {
+        cum += e as f64;
+        if cum >= need {
+            t = Some(bm);
+            break;
+        }
+    }
+    let (from, path) = match t {
+        Some(t) => (t, Path::Head),
+        // Fallback: the safe cut e_i ≥ ½(1 − p)·S/V, as a logit.
+        None => (zmax + ((0.5 * (1.0 - top_p as f64) * s / vocab as f64).ln() as f32) / inv_t, Path::Fallback),
+    };
+    let mut n = 0;
+    for (block, &bm) in row.chunks(BLOCK).zip(&sc.block_max) {
+        if bm >= from {
+            math::compact_range::<AVX2>(block, from, f32::INFINITY, &mut sc.kept, &mut n);
+        }
+    }
+    to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+    (select::<AVX2>(sc, n, need, Above::default()), path)
 }
 
 /// Turns the candidate logits `kept[..n]` into their e_i = e^{(z_i − zmax)/T}, drops those of
@@ -392,8 +443,21 @@ fn lane_sums(values: &[f32]) -> (f64, f64) {
 /// The count from the candidates `sc.kept[..n]` (e_i > 0; `above` known above them).
 #[inline(always)]
 fn select<const AVX2: bool>(sc: &mut TopPScratch, n: usize, need: f64, above: Above) -> u32 {
+    count_of(crossing::<AVX2>(sc, n, need, above), need)
+}
+
+/// The crossing of `need` among the candidates `sc.kept[..n]` (e_i > 0; `above` known above
+/// them), or `Err` with everything counted when their total falls short.
+#[inline(always)]
+fn crossing<const AVX2: bool>(sc: &mut TopPScratch, n: usize, need: f64, above: Above) -> Result<Crossing, Above> {
     let (n, above) = if n > DIRECT { narrow::<AVX2>(sc, n, need, above) } else { (n, above) };
-    match radix::<AVX2>(&mut sc.kept, &mut sc.next, &mut sc.mass, n, need, above) {
+    radix::<AVX2>(&mut sc.kept, &mut sc.next, &mut sc.mass, n, need, above)
+}
+
+/// The count of a [`crossing`] of `need`.
+#[inline(always)]
+fn count_of(crossing: Result<Crossing, Above>, need: f64) -> u32 {
+    match crossing {
         // One value τ left, held by `ties` tokens: the tie rule of DESIGN.md §4.
         Ok(Crossing { tau, ties, above }) => {
             let need_ties = ((need - above.mass) / tau as f64).ceil().max(1.0);
