@@ -22,7 +22,7 @@
 // row max. Scans walk buckets top-down in a fixed order with integer sums. The pruning of §5 (skip
 // x < m_running + ln((1-p)/V)) depends on timing through the running block max, but never changes
 // the result: every level counts only tokens above the final threshold m + ln((1-p)/V).
-#include "row_stats.cuh"
+#include "kept.cuh"
 
 using namespace rlvr;
 using namespace rlvr::rows;
@@ -67,6 +67,88 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
     }
 }
 
+
+// The statistics over the sampler's kept set K (kept.cuh) beside the default outputs (the same
+// lse, entropy, logp and flags as token_stats_<dtype>: the same pass 1 and formulas): K from
+// the filter (top_k, 0 = none; top_p in (0, 1], 0 = none), or, when `ids` is not null, the CSR
+// mask ids[offsets[r] .. offsets[r+1]). Per row: k_lse, k_entropy (NaN on a flagged row), k_logp
+// (ℓ̃; ℓ when the target is outside K; NaN for a flagged row or a target >= V), k_count (|K|,
+// 0 on a flagged row) and k_outside (1 when the target is outside K).
+template <typename E>
+__device__ void token_stats_kept_rows(const E* __restrict__ logits, uint64_t n_rows, uint32_t vocab,
+                                      const uint32_t* __restrict__ targets, float inv_t, uint32_t top_k, float top_p,
+                                      const uint32_t* __restrict__ ids, const uint64_t* __restrict__ offsets,
+                                      float* __restrict__ lse, float* __restrict__ entropy, float* __restrict__ logp,
+                                      uint32_t* __restrict__ flags, float* __restrict__ k_lse,
+                                      float* __restrict__ k_entropy, float* __restrict__ k_logp,
+                                      uint32_t* __restrict__ k_count, uint8_t* __restrict__ k_outside) {
+    __shared__ Shared sh;
+    __shared__ kept::KeptHist kh;
+    kept::clear_hist(kh);
+    const PassParams pp{inv_t, 0.f, 0.f};
+    const bool want_logp = targets != nullptr && logp != nullptr;
+    const float c = inv_t * LOG2E, nan = __int_as_float(0x7fffffff);
+    for (uint64_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
+        const RowSplit<E> rs(logits, row, vocab);
+        const uint32_t y = want_logp ? targets[row] : 0u;  // every thread (the mask's membership test)
+        RowStats st{};
+        row_stats<E, false>(rs, pp, nullptr, sh, nullptr, [&](const RowStats& r) {
+            st = r;
+            if (threadIdx.x != 0) return;
+            uint32_t f = r.flag;
+            lse[row] = r.flag ? nan : row_lse(r, inv_t);
+            entropy[row] = r.flag ? nan : row_entropy(r);
+            if (want_logp) {
+                float lp = nan;
+                if (y >= vocab) {
+                    f |= ROW_BAD_TARGET;
+                } else if (!r.flag) {
+                    lp = row_logp(r, Elem<E>::value_of_bits(rs.bits_at(y)), inv_t);
+                }
+                logp[row] = lp;
+            }
+            flags[row] = f;
+        });
+        float kl = nan, ke = nan, klp = nan;
+        uint32_t count = 0;
+        uint8_t outside = 0;
+        if (!st.flag) {  // uniform over the block
+            uint32_t tau = 0;
+            bool y_in = false;
+            Softmax ks;
+            if (ids != nullptr) {
+                ks = kept::mask_sums<E>(rs, ids, offsets[row], offsets[row + 1], y, c, count, y_in, sh);
+            } else {
+                tau = kept::kept_threshold<E>(rs, st, c, top_k, top_p, kh, sh);
+                ks = kept::kept_sums<E>(rs, tau, c, count, sh);
+            }
+            if (threadIdx.x == 0) {
+                if (ks.m > NEG_INF) {
+                    const RowStats kr = kept::stats_of(ks, c);
+                    kl = row_lse(kr, inv_t);
+                    ke = row_entropy(kr);
+                    if (want_logp && y < vocab) {
+                        const uint32_t b = rs.bits_at(y);
+                        const float z_y = Elem<E>::value_of_bits(b);
+                        if (ids == nullptr) y_in = z_y > NEG_INF && kept::kept_key<E>(b, z_y) >= tau;
+                        klp = y_in ? row_logp(kr, z_y, inv_t) : row_logp(st, z_y, inv_t);
+                        outside = !y_in;
+                    }
+                }
+            }
+        }
+        if (threadIdx.x == 0) {
+            k_lse[row] = kl;
+            k_entropy[row] = ke;
+            k_count[row] = count;
+            if (want_logp) {
+                k_logp[row] = klp;
+                k_outside[row] = outside;
+            }
+        }
+    }
+}
+
 }  // namespace
 
 // Entry points. Arguments (same order for every dtype):
@@ -90,6 +172,22 @@ __device__ void token_stats_rows(const E* __restrict__ logits, uint64_t n_rows, 
                                   flags);                                                                             \
     }
 
+// Kept-set variants (kept.cuh): the arguments of token_stats_<dtype>, then top_k (0: none), top_p
+// (0: none), ids and offsets (null: K from the filter), then the kept outputs k_lse, k_entropy
+// [n_rows], k_logp, k_outside [n_rows] (null without targets), k_count [n_rows]. 24 KiB of static
+// shared memory, blockDim.x = ROW_BLOCK.
+#define RLVR_TOKEN_STATS_KEPT(NAME, E)                                                                               \
+    extern "C" __global__ void __launch_bounds__(ROW_BLOCK, 2) token_stats_kept_##NAME(                               \
+        const E* logits, uint64_t n_rows, uint32_t vocab, const uint32_t* targets, float inv_t, uint32_t top_k,        \
+        float top_p, const uint32_t* ids, const uint64_t* offsets, float* lse, float* entropy, float* logp,           \
+        uint32_t* flags, float* k_lse, float* k_entropy, float* k_logp, uint32_t* k_count, uint8_t* k_outside) {      \
+        token_stats_kept_rows<E>(logits, n_rows, vocab, targets, inv_t, top_k, top_p, ids, offsets, lse, entropy,     \
+                                 logp, flags, k_lse, k_entropy, k_logp, k_count, k_outside);                          \
+    }
+
+RLVR_TOKEN_STATS_KEPT(f32, float)
+RLVR_TOKEN_STATS_KEPT(bf16, __nv_bfloat16)
+RLVR_TOKEN_STATS_KEPT(f16, __half)
 RLVR_TOKEN_STATS(f32, float)
 RLVR_TOKEN_STATS(bf16, __nv_bfloat16)
 RLVR_TOKEN_STATS(f16, __half)

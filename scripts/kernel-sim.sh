@@ -4,7 +4,7 @@
 # kernels' own source passes the GPU suite's assertions on a machine without a GPU.
 #
 #   bash scripts/kernel-sim.sh              # build what it needs, run the suite, print a summary
-#   bash scripts/kernel-sim.sh --mutations  # then check that the suite catches three kernel bugs
+#   bash scripts/kernel-sim.sh --mutations  # then check that the suite catches six kernel bugs
 #
 # Steps: the CUDA toolchain (scripts/cuda-toolchain.sh), the `cuda` test binaries (cargo, the
 # default target dir), the simulator (sim/build.sh: -O2 and AddressSanitizer builds); every GPU
@@ -137,6 +137,8 @@ if ((mutations)); then
         "a shuffle mask narrowed to 16 lanes (block_merge)|common.cuh|s/m = fmaxf(m, __shfl_xor_sync(FULL_MASK, m, o));/m = fmaxf(m, __shfl_xor_sync(0x0000ffffu, m, o));/"
         "a row offset shifted by one element (RowSplit)|common.cuh|s/row = logits + row_index \* (uint64_t)V;/row = logits + row_index * (uint64_t)V + 1;/"
         "the in-place fused kernel reading its rows through the read-only cache|grpo.cu|s/RowSplit<E> rs(src, row, vocab, !in_place);/RowSplit<E> rs(src, row, vocab);/"
+        "the kept set dropping the tokens tied at its crossing (kept_sums)|kept.cuh|s/kept_key<E>(b, z) >= tau/kept_key<E>(b, z) > tau/"
+        "top-p after top-k scanning the whole row, not the top-k set|kept.cuh|s/select_key<E, true>(rs, lo_key,/select_key<E, true>(rs, 0u,/"
     )
     # A mutant's failing proptest cases would be saved into tests/*.proptest-regressions: keep the
     # files as they are and put them back afterwards (those cases belong to the mutants).

@@ -301,6 +301,19 @@ fn sanitizer_small_case() {
     all::<bf16>(&stream);
     all::<f16>(&stream);
     slow_paths(&stream);
+    // The kept-set kernel: every filter kind and a mask, on the same shapes.
+    fn kept<E: Element + DeviceRepr>() {
+        for (kind, rows, vocab) in [(RowKind::Peaked, 3, 1), (RowKind::LmLike, 5, 37), (RowKind::Zipf, 2, 9001)] {
+            let s = spec(kind, rows, vocab, 7);
+            for f in [SamplingFilter::top_k(3), SamplingFilter::top_p(0.9), SamplingFilter::top_k_top_p(20, 0.8)] {
+                check_filter::<E>(&s, 0.7, f, true).unwrap();
+            }
+            check_mask::<E>(&s, 0.7).unwrap();
+        }
+    }
+    kept::<f32>();
+    kept::<bf16>();
+    kept::<f16>();
 }
 
 /// 70000 equal bf16 logits: one key with 70000 tokens wraps its u16 counter (the counters sum to
@@ -528,4 +541,344 @@ fn bench_helper_runs() {
     for ms in [t.plain_ms, t.fused_ms, t.fused_top_p_ms.unwrap()] {
         assert!(ms.is_finite() && ms > 0.0, "{t:?}");
     }
+}
+
+// ---- Statistics over the sampler's kept set K (kernels/kept.cuh) -------------------------------
+//
+// Against `reference::kept_*` (DESIGN.md §4): |K| exactly for top-k and for a given mask, within
+// `reference::kept_band` (p·(1 ± 1e-5)) for top-p; lse_K, H̃ and ℓ̃ against
+// `reference::kept_stats` over `reference::kept_top(z, |K|)`, the set the kernel reports (it must
+// be closed under ties: every token tied at the crossing is kept). Tolerances: the first-order
+// bound of `Tol` over the kept tokens, with one rounding step per element a thread visits (the
+// kept sums add one element at a time, up to ⌈V/512⌉ per thread, each at most one rescale), times
+// 2 plus 1e-7 (as above). The default outputs of the kept-set kernel must be the default kernel's
+// bits.
+
+use rlvr_kernels::{KeptMask, SamplingFilter};
+
+/// A filter: top-k (k from 1 to beyond V), top-p, or both.
+fn filter() -> impl Strategy<Value = SamplingFilter> {
+    prop_oneof![
+        1 => (1u32..64).prop_map(SamplingFilter::top_k),
+        1 => prop_oneof![Just(0.95f32), Just(1.0f32), 0.05f32..0.999].prop_map(SamplingFilter::top_p),
+        1 => (1u32..300, 0.05f32..1.0).prop_map(|(k, p)| SamplingFilter::top_k_top_p(k, p)),
+    ]
+}
+
+impl Tol {
+    /// The bound for sums of up to `steps` single-element steps per thread.
+    fn kept(z: &[f64], t: f64, r: &reference::RowStats, steps: usize) -> Tol {
+        let (p, _) = reference::softmax(z, t);
+        let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b)) / t;
+        let (mut d1, mut d2) = (0.0, 0.0);
+        for (&zi, &pi) in z.iter().zip(&p) {
+            if pi > 0.0 {
+                let d = m - zi / t;
+                d1 += pi * d;
+                d2 += pi * d * d;
+            }
+        }
+        let n = steps as f64;
+        let (exps, sums) = (12.0 + n, 18.0 + n);
+        let ds = exps * EPS_EXP + sums * U + 3.0 * U * d1;
+        let lse = U * m.abs() + ds + U * r.lse.abs();
+        let entropy = ds * (1.0 + d1) + d1 * (exps * EPS_EXP + (sums + 4.0) * U) + 3.0 * U * d2 + U * r.entropy.abs();
+        Tol { lse: 2.0 * lse + 1e-7, entropy: 2.0 * entropy + 1e-7, ds }
+    }
+}
+
+/// Runs the kernel with kept outputs (filter in `cfg`, or `mask`), outputs poisoned first.
+fn run_kept<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaSlice<E>,
+    vocab: usize,
+    targets: Option<&CudaSlice<u32>>,
+    cfg: &TokenStatsConfig,
+    mask: Option<&KeptMask>,
+) -> rlvr_kernels::Result<TokenStats> {
+    let n = logits.len() / vocab;
+    let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), cfg.top_p.is_some())?.with_kept(stream)?;
+    poison(stream, &mut out);
+    if let Some(k) = out.kept.as_mut() {
+        let (nan, ones) = (vec![f32::NAN; n], vec![u32::MAX; n]);
+        stream.memcpy_htod(&nan, &mut k.lse).unwrap();
+        stream.memcpy_htod(&nan, &mut k.entropy).unwrap();
+        stream.memcpy_htod(&ones, &mut k.count).unwrap();
+        if let Some(l) = k.logp.as_mut() {
+            stream.memcpy_htod(&nan, l).unwrap();
+        }
+        if let Some(o) = k.outside.as_mut() {
+            stream.memcpy_htod(&vec![0xAAu8; n], o).unwrap();
+        }
+    }
+    let tv = targets.map(|t| t.as_view());
+    match mask {
+        Some(m) => {
+            let ids = stream.clone_htod(m.token_ids).unwrap();
+            let offsets = stream.clone_htod(m.offsets).unwrap();
+            let (iv, ov) = (ids.as_view(), offsets.as_view());
+            let dm = cuda::CudaKeptMask { token_ids: &iv, offsets: &ov };
+            cuda::token_stats_masked_into(stream, &logits.as_view(), vocab, tv.as_ref(), cfg, dm, &mut out)?;
+        }
+        None => cuda::token_stats_into(stream, &logits.as_view(), vocab, tv.as_ref(), cfg, &mut out)?,
+    }
+    cuda::check_rows(stream, &out, tv.as_ref(), vocab)?;
+    out.to_host(stream)
+}
+
+/// Row r's kept statistics against the reference over `set` (the kernel's K).
+fn compare_kept<E: Element>(
+    row: &[f64],
+    t: f64,
+    set: &[bool],
+    y: Option<u32>,
+    k: &rlvr_kernels::KeptStats,
+    r: usize,
+) -> Result<(), TestCaseError> {
+    let want = reference::kept_stats(row, t, set, y);
+    prop_assert_eq!(k.count[r], want.count, "|K| of row {}", r);
+    let kz: Vec<f64> = row.iter().zip(set).filter(|(_, &s)| s).map(|(&z, _)| z).collect();
+    let rk = reference::row_stats(&kz, None, t, None);
+    let steps = row.len().div_ceil(512).max(1);
+    let tol = Tol::kept(&kz, t, &rk, steps);
+    close("kept lse", r, k.lse[r], want.lse, tol.lse)?;
+    close("kept entropy", r, k.entropy[r], want.entropy, tol.entropy)?;
+    if let (Some(lp), Some(o), Some(y), Some(wl)) = (&k.logp, &k.outside, y, want.logp) {
+        prop_assert_eq!(o[r] != 0, want.outside, "outside flag of row {}", r);
+        let zmax = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let lt = if want.outside {
+            let w = reference::row_stats(row, Some(y), t, None);
+            Tol::new(row, t, &w, vec_len::<E>()).logp(row[y as usize], zmax, t, wl)
+        } else {
+            let kmax = kz.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            tol.logp(row[y as usize], kmax, t, wl)
+        };
+        close("kept logp", r, lp[r], wl, lt)?;
+    }
+    Ok(())
+}
+
+/// The filter's K on every row against the reference; the default outputs bit-identical to the
+/// kernel without a filter.
+fn check_filter<E: Element + DeviceRepr>(
+    spec: &LogitsSpec,
+    t: f32,
+    f: SamplingFilter,
+    with_targets: bool,
+) -> Result<(), TestCaseError> {
+    let Ok(stream) = gpu() else {
+        return Ok(());
+    };
+    let (logits, z) = round_to::<E>(&spec.generate());
+    let targets = with_targets.then(|| spec.targets());
+    let plain = TokenStatsConfig { temperature: t, top_p: None, check_finite: true, filter: None };
+    let cfg = TokenStatsConfig { filter: Some(f), ..plain };
+    let d_logits = stream.clone_htod(&logits).unwrap();
+    let d_targets = targets.as_ref().map(|t| stream.clone_htod(t).unwrap());
+    let fast = run_kept(&stream, &d_logits, spec.vocab, d_targets.as_ref(), &cfg, None).expect("valid input");
+    let base = run(&stream, &d_logits, spec.vocab, d_targets.as_ref(), &plain).expect("valid input");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    prop_assert_eq!(bits(&fast.lse), bits(&base.lse));
+    prop_assert_eq!(bits(&fast.entropy), bits(&base.entropy));
+    prop_assert_eq!(fast.logp.as_deref().map(bits), base.logp.as_deref().map(bits));
+    let k = fast.kept.as_ref().expect("kept outputs");
+    let t64 = t as f64;
+    for r in 0..spec.rows {
+        let row = &z[r * spec.vocab..(r + 1) * spec.vocab];
+        let (lo, hi) = reference::kept_band(row, t64, &f);
+        prop_assert!(lo <= k.count[r] && k.count[r] <= hi, "|K| of row {r}: {} not in [{lo}, {hi}] ({f})", k.count[r]);
+        let set = reference::kept_top(row, k.count[r]);
+        prop_assert!(set.is_some(), "row {r}: |K| = {} splits a tie ({f})", k.count[r]);
+        compare_kept::<E>(row, t64, &set.unwrap(), targets.as_ref().map(|t| t[r]), k, r)?;
+    }
+    Ok(())
+}
+
+/// A random kept mask over `rows` rows: 1..=min(V, 40) distinct ids per row, the row's target
+/// inside K half of the time, outside the other half (when V > 1).
+fn random_mask(rows: usize, vocab: usize, targets: &[u32], seed: u64) -> (Vec<u32>, Vec<u64>) {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (mut ids, mut offsets) = (Vec::new(), vec![0u64]);
+    for &y in targets.iter().take(rows) {
+        let n = rng.random_range(1..=vocab.min(40));
+        let inside = vocab == 1 || rng.random_bool(0.5);
+        let mut row: Vec<u32> = if inside { vec![y] } else { Vec::new() };
+        while row.len() < n {
+            let id = rng.random_range(0..vocab as u32);
+            if !row.contains(&id) && (inside || id != y) {
+                row.push(id);
+            }
+            if !inside && row.len() + 1 >= vocab {
+                break;
+            }
+        }
+        if row.is_empty() {
+            row.push(y);
+        }
+        ids.extend(&row);
+        offsets.push(ids.len() as u64);
+    }
+    (ids, offsets)
+}
+
+fn check_mask<E: Element + DeviceRepr>(spec: &LogitsSpec, t: f32) -> Result<(), TestCaseError> {
+    let Ok(stream) = gpu() else {
+        return Ok(());
+    };
+    let (logits, z) = round_to::<E>(&spec.generate());
+    let targets = spec.targets();
+    let (ids, offsets) = random_mask(spec.rows, spec.vocab, &targets, spec.seed);
+    let mask = KeptMask { token_ids: &ids, offsets: &offsets };
+    let cfg = TokenStatsConfig { temperature: t, top_p: None, check_finite: true, filter: None };
+    let d_logits = stream.clone_htod(&logits).unwrap();
+    let d_targets = stream.clone_htod(&targets).unwrap();
+    let fast = run_kept(&stream, &d_logits, spec.vocab, Some(&d_targets), &cfg, Some(&mask)).expect("valid input");
+    let k = fast.kept.as_ref().expect("kept outputs");
+    for r in 0..spec.rows {
+        let row = &z[r * spec.vocab..(r + 1) * spec.vocab];
+        let set = reference::kept_from_ids(spec.vocab, mask.row(r));
+        if !row.iter().zip(&set).any(|(&v, &s)| s && v > f64::NEG_INFINITY) {
+            continue; // every kept logit is −inf: K has no mass (the reference's lse is −inf − −inf)
+        }
+        compare_kept::<E>(row, t as f64, &set, Some(targets[r]), k, r)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn kept_filter_matches_reference_f32(spec in logits_spec(), t in temperature(), f in filter(), y in any::<bool>()) {
+        check_filter::<f32>(&spec, t, f, y)?;
+    }
+
+    #[test]
+    fn kept_filter_matches_reference_bf16(spec in logits_spec(), t in temperature(), f in filter(), y in any::<bool>()) {
+        check_filter::<bf16>(&spec, t, f, y)?;
+    }
+
+    #[test]
+    fn kept_filter_matches_reference_f16(spec in logits_spec(), t in temperature(), f in filter(), y in any::<bool>()) {
+        check_filter::<f16>(&spec, t, f, y)?;
+    }
+
+    /// Shift invariance and small T: rows far from 0 (|c| up to 1000) at T down to 0.1.
+    #[test]
+    fn kept_shifted_rows_match_reference_f32(spec in shifted_spec(), t in low_temperature(), f in filter()) {
+        check_filter::<f32>(&spec, t, f, true)?;
+    }
+
+    #[test]
+    fn kept_shifted_rows_match_reference_bf16(spec in shifted_spec(), t in low_temperature(), f in filter()) {
+        check_filter::<bf16>(&spec, t, f, true)?;
+    }
+
+    #[test]
+    fn kept_mask_matches_reference_f32(spec in logits_spec(), t in temperature()) {
+        check_mask::<f32>(&spec, t)?;
+    }
+
+    #[test]
+    fn kept_mask_matches_reference_bf16(spec in logits_spec(), t in temperature()) {
+        check_mask::<bf16>(&spec, t)?;
+    }
+}
+
+/// Ties at the crossing are all kept: top-k = 2 of [5, 3, 3, 3, 3, 1] keeps the five tokens ≥ 3;
+/// top-p whose crossing falls inside the tied 3s (p = 0.7: p(5) = 0.64) keeps all of them too,
+/// alone or over a top-k set; −inf is never kept (top-k beyond the finite tokens keeps the
+/// finite ones).
+#[test]
+fn kept_ties_and_neg_inf() {
+    let Some(stream) = gpu_or_skip("kept_ties_and_neg_inf") else { return };
+    let row = [5.0f32, 3.0, 3.0, 3.0, 3.0, 1.0, f32::NEG_INFINITY, f32::NEG_INFINITY];
+    let z: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+    let d = stream.clone_htod(&row).unwrap();
+    let dt = stream.clone_htod(&[2u32]).unwrap();
+    for (f, want) in [
+        (SamplingFilter::top_k(2), 5),
+        (SamplingFilter::top_k(5), 5),
+        (SamplingFilter::top_k(7), 6),
+        (SamplingFilter::top_p(0.7), 5),
+        (SamplingFilter::top_p(0.5), 1),
+        (SamplingFilter::top_k_top_p(1, 0.5), 1),
+        (SamplingFilter::top_k_top_p(3, 0.5), 1),
+        (SamplingFilter::top_k_top_p(2, 0.9), 5),
+    ] {
+        let cfg = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true, filter: Some(f) };
+        let fast = run_kept(&stream, &d, row.len(), Some(&dt), &cfg, None).unwrap();
+        let k = fast.kept.unwrap();
+        assert_eq!(k.count[0], want, "{f}");
+        let set = reference::kept_set(&z, 1.0, &f);
+        assert_eq!(set.iter().filter(|&&s| s).count() as u32, want, "{f}: the reference agrees");
+        let w = reference::kept_stats(&z, 1.0, &set, Some(2));
+        assert!((k.lse[0] as f64 - w.lse).abs() < 1e-5, "{f}: lse {} vs {}", k.lse[0], w.lse);
+        assert!((k.entropy[0] as f64 - w.entropy).abs() < 1e-5, "{f}: H {} vs {}", k.entropy[0], w.entropy);
+        assert_eq!(k.outside.as_ref().unwrap()[0] != 0, w.outside, "{f}");
+        assert!((k.logp.as_ref().unwrap()[0] as f64 - w.logp.unwrap()).abs() < 1e-5, "{f}: logp");
+    }
+}
+
+/// Bad masks and configurations are typed errors naming the problem (and the row), before any
+/// launch: a repeated id, an id ≥ V, decreasing offsets, an empty row, offsets of the wrong
+/// length, a filter together with a mask, k = 0, p outside (0, 1].
+#[test]
+fn kept_bad_input_is_an_error() {
+    let Some(stream) = gpu_or_skip("kept_bad_input_is_an_error") else { return };
+    let v = 10;
+    let logits = stream.clone_htod(&[0.5f32; 20]).unwrap();
+    let cfg = TokenStatsConfig { temperature: 1.0, top_p: None, check_finite: true, filter: None };
+    let bad_row = |ids: &[u32], offsets: &[u64]| {
+        let mask = KeptMask { token_ids: ids, offsets };
+        match run_kept(&stream, &logits, v, None, &cfg, Some(&mask)) {
+            Err(Error::InvalidKeptMask { row, .. }) => row,
+            other => panic!("ids {ids:?} offsets {offsets:?}: {other:?}"),
+        }
+    };
+    assert_eq!(bad_row(&[1, 2, 3, 3], &[0, 2, 4]), 1, "repeated id");
+    assert_eq!(bad_row(&[1, 10, 3], &[0, 2, 3]), 0, "id out of range");
+    assert_eq!(bad_row(&[1, 2, 3], &[0, 2, 1]), 1, "decreasing offsets");
+    assert_eq!(bad_row(&[1, 2], &[0, 2, 2]), 1, "empty row");
+    let mask = KeptMask { token_ids: &[1, 2], offsets: &[0, 1] };
+    assert!(matches!(
+        run_kept(&stream, &logits, v, None, &cfg, Some(&mask)),
+        Err(Error::ShapeMismatch { name: "kept_mask.offsets", .. })
+    ));
+    let both = TokenStatsConfig { filter: Some(SamplingFilter::top_k(3)), ..cfg };
+    let mask = KeptMask { token_ids: &[1, 2], offsets: &[0, 1, 2] };
+    assert!(matches!(
+        run_kept(&stream, &logits, v, None, &both, Some(&mask)),
+        Err(Error::InvalidConfig { name: "filter", .. })
+    ));
+    for f in [SamplingFilter::top_k(0), SamplingFilter::top_p(0.0), SamplingFilter::top_p(1.5)] {
+        let cfg = TokenStatsConfig { filter: Some(f), ..cfg };
+        assert!(matches!(run_kept(&stream, &logits, v, None, &cfg, None), Err(Error::InvalidConfig { .. })), "{f:?}");
+    }
+    // The buffers must match the request: a filter without kept outputs is a shape error.
+    let mut out = TokenStatsBuffers::new(&stream, 2, false, false).unwrap();
+    let cfg = TokenStatsConfig { filter: Some(SamplingFilter::top_k(3)), ..cfg };
+    assert!(matches!(
+        cuda::token_stats_into(&stream, &logits.as_view(), v, None, &cfg, &mut out),
+        Err(Error::ShapeMismatch { name: "kept", .. })
+    ));
+    // The host entry points give what the CPU gives (top-k: |K| is exact on both).
+    let host: Vec<f32> = (0..20).map(|i| (i % 7) as f32 * 0.3).collect();
+    let tg = [3u32, 9];
+    for f in [SamplingFilter::top_k(4), SamplingFilter::top_k(1)] {
+        let cfg = TokenStatsConfig { filter: Some(f), ..cfg };
+        let got = cuda::token_stats_host(&stream, &host, v, Some(&tg), &cfg).unwrap().kept.unwrap();
+        let cpu = rlvr_kernels::cpu::token_stats(&host, v, Some(&tg), &cfg).unwrap().kept.unwrap();
+        assert_eq!(got.count, cpu.count, "{f}");
+        assert_eq!(got.outside, cpu.outside, "{f}");
+    }
+    let mask = KeptMask { token_ids: &[3, 4, 0], offsets: &[0, 2, 3] };
+    let got = cuda::token_stats_masked_host(&stream, &host, v, Some(&tg), &TokenStatsConfig::default(), &mask)
+        .unwrap()
+        .kept
+        .unwrap();
+    assert_eq!(got.count, vec![2, 1]);
+    assert_eq!(got.outside, Some(vec![0, 1]));
 }

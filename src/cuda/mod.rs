@@ -11,7 +11,8 @@
 //! line that matches the argument list to the kernel signature.
 //!
 //! - [`token_stats`] / [`token_stats_into`] / [`token_stats_host`]: lse, entropy, target
-//!   log-prob and the exact top-p branch count from one read of each row.
+//!   log-prob and the exact top-p branch count from one read of each row; with a sampling filter
+//!   (or [`token_stats_masked`] and an engine's kept mask) the statistics over the kept set.
 //! - [`grpo_forward`] / [`grpo_backward`] / [`grpo_forward_backward`] (and `_into`, `_in_place`,
 //!   `_host` variants): the fused shaped-GRPO loss, forward and backward to dlogits.
 //! - [`log_ppl`], [`ppl_weight`], [`grpo_advantages`], [`shape_advantages`],
@@ -43,6 +44,7 @@ pub use sequence::{
 };
 pub use timing::{bench_token_stats, median_ms, TokenStatsTimes};
 pub use token_stats::{
-    check_rows, plain_read_into, token_stats, token_stats_host, token_stats_into, TokenStatsBuffers, MAX_TOP_P_VOCAB,
+    check_rows, plain_read_into, token_stats, token_stats_host, token_stats_into, token_stats_masked,
+    token_stats_masked_host, token_stats_masked_into, CudaKeptMask, KeptBuffers, TokenStatsBuffers, MAX_TOP_P_VOCAB,
     ROW_ALL_NEG_INF, ROW_BAD_TARGET, ROW_NON_FINITE,
 };

@@ -128,6 +128,9 @@ impl Run<'_> {
         })?;
         let time_cfg = |c: TokenStatsConfig| -> Result<f64> {
             let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), c.top_p.is_some())?;
+            if c.filter.is_some() {
+                out = out.with_kept(stream)?;
+            }
             median_ms(stream, warmup, iters, |i| {
                 token_stats_into(stream, &inputs[i % copies].as_view(), vocab, t_view.as_ref(), &c, &mut out)
             })

@@ -1,5 +1,6 @@
 //! Safe wrappers of `kernels/token_stats.cu`: per-row lse, entropy, target log-prob and the exact
-//! top-p branch count from one read of each row, on the caller's stream.
+//! top-p branch count from one read of each row, on the caller's stream; with a sampling filter
+//! or an engine's kept mask, also the statistics over the kept set K (`kernels/kept.cuh`).
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use super::cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceRepr, PushKer
 use crate::config::TokenStatsConfig;
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
-use crate::types::TokenStats;
+use crate::types::{KeptMask, KeptStats, TokenStats};
 use crate::validate;
 
 /// Flag bit: the row has a NaN or +inf logit.
@@ -51,26 +52,93 @@ pub struct TokenStatsBuffers {
     /// [`ROW_NON_FINITE`] / [`ROW_ALL_NEG_INF`] / [`ROW_BAD_TARGET`] bits; 0 = a valid row. Rows
     /// with a flag have NaN statistics and branch 0.
     pub flags: CudaSlice<u32>,
+    /// Statistics over the kept set K (present when computed with a filter or a kept mask; see
+    /// [`TokenStatsBuffers::with_kept`]).
+    pub kept: Option<KeptBuffers>,
+}
+
+/// Device outputs over the kept set K, one entry per row (see [`KeptStats`]). A flagged row has
+/// NaN statistics, |K| = 0 and `outside` 0.
+#[derive(Debug)]
+pub struct KeptBuffers {
+    /// lse_K = ln Σ_{i∈K} e^{x_i}.
+    pub lse: CudaSlice<f32>,
+    /// Truncated entropy H̃.
+    pub entropy: CudaSlice<f32>,
+    /// ℓ̃ = x_y − lse_K, or the unfiltered ℓ when y ∉ K (present with targets; NaN for a target ≥ V).
+    pub logp: Option<CudaSlice<f32>>,
+    /// |K|.
+    pub count: CudaSlice<u32>,
+    /// 1 where the target is outside K (present with targets).
+    pub outside: Option<CudaSlice<u8>>,
+}
+
+impl KeptBuffers {
+    /// Copies the outputs to the host (synchronises `stream`).
+    pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<KeptStats> {
+        if self.lse.len() == 0 {
+            return Ok(KeptStats {
+                logp: self.logp.as_ref().map(|_| Vec::new()),
+                outside: self.outside.as_ref().map(|_| Vec::new()),
+                ..KeptStats::default()
+            });
+        }
+        let op = "copy kept-set stats to host";
+        Ok(KeptStats {
+            lse: stream.clone_dtoh(&self.lse).map_err(cuda_err(op))?,
+            entropy: stream.clone_dtoh(&self.entropy).map_err(cuda_err(op))?,
+            logp: self.logp.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
+            count: stream.clone_dtoh(&self.count).map_err(cuda_err(op))?,
+            outside: self.outside.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
+        })
+    }
+}
+
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    rows: usize,
+    op: &'static str,
+) -> Result<CudaSlice<T>> {
+    // cudarc's own empty slice: a 0-byte allocation is not valid for every allocator.
+    if rows == 0 { stream.null() } else { stream.alloc_zeros(rows) }.map_err(cuda_err(op))
+}
+
+/// An engine's kept mask on the device, in vLLM's CSR layout (see [`KeptMask`]): `token_ids`
+/// row after row, `offsets` the N + 1 row starts.
+#[derive(Clone, Copy)]
+pub struct CudaKeptMask<'a, 'b> {
+    /// Kept token ids, row after row.
+    pub token_ids: &'b CudaView<'a, u32>,
+    /// Row starts into `token_ids` (N + 1 entries).
+    pub offsets: &'b CudaView<'a, u64>,
 }
 
 impl TokenStatsBuffers {
     /// Zeroed outputs for `rows` rows, with `logp` when `with_logp` and `branch` when `with_branch`.
     pub fn new(stream: &Arc<CudaStream>, rows: usize, with_logp: bool, with_branch: bool) -> Result<Self> {
-        fn zeros<T: DeviceRepr + ValidAsZeroBits>(
-            stream: &Arc<CudaStream>,
-            rows: usize,
-            op: &'static str,
-        ) -> Result<CudaSlice<T>> {
-            // cudarc's own empty slice: a 0-byte allocation is not valid for every allocator.
-            if rows == 0 { stream.null() } else { stream.alloc_zeros(rows) }.map_err(cuda_err(op))
-        }
         Ok(Self {
             lse: zeros(stream, rows, "allocate lse")?,
             entropy: zeros(stream, rows, "allocate entropy")?,
             logp: if with_logp { Some(zeros(stream, rows, "allocate logp")?) } else { None },
             branch: if with_branch { Some(zeros(stream, rows, "allocate branch")?) } else { None },
             flags: zeros(stream, rows, "allocate flags")?,
+            kept: None,
         })
+    }
+
+    /// Adds zeroed kept-set outputs (needed with a filter or a kept mask): `logp` and `outside`
+    /// when these buffers have `logp`.
+    pub fn with_kept(mut self, stream: &Arc<CudaStream>) -> Result<Self> {
+        let rows = self.rows();
+        let with_logp = self.logp.is_some();
+        self.kept = Some(KeptBuffers {
+            lse: zeros(stream, rows, "allocate kept lse")?,
+            entropy: zeros(stream, rows, "allocate kept entropy")?,
+            logp: if with_logp { Some(zeros(stream, rows, "allocate kept logp")?) } else { None },
+            count: zeros(stream, rows, "allocate kept count")?,
+            outside: if with_logp { Some(zeros(stream, rows, "allocate kept outside")?) } else { None },
+        });
+        Ok(self)
     }
 
     /// Number of rows.
@@ -84,6 +152,7 @@ impl TokenStatsBuffers {
             return Ok(TokenStats {
                 logp: self.logp.as_ref().map(|_| Vec::new()),
                 branch: self.branch.as_ref().map(|_| Vec::new()),
+                kept: self.kept.as_ref().map(|k| k.to_host(stream)).transpose()?,
                 ..TokenStats::default()
             });
         }
@@ -93,7 +162,7 @@ impl TokenStatsBuffers {
             entropy: stream.clone_dtoh(&self.entropy).map_err(cuda_err(op))?,
             logp: self.logp.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
             branch: self.branch.as_ref().map(|s| stream.clone_dtoh(s)).transpose().map_err(cuda_err(op))?,
-            kept: None,
+            kept: self.kept.as_ref().map(|k| k.to_host(stream)).transpose()?,
         })
     }
 }
@@ -104,15 +173,16 @@ fn check_shapes<E>(
     vocab: usize,
     targets: Option<&CudaView<'_, u32>>,
     cfg: &TokenStatsConfig,
+    masked: bool,
     out: &TokenStatsBuffers,
 ) -> Result<usize> {
     cfg.validate()?;
     let n = validate::rows(logits.len(), vocab)?;
-    if cfg.filter.is_some() {
+    if masked && cfg.filter.is_some() {
         return Err(Error::InvalidConfig {
             name: "filter",
-            value: cfg.filter.map(|f| f.to_string()).unwrap_or_default(),
-            why: "sampling filters are not implemented on CUDA yet",
+            value: "a filter and a kept mask".into(),
+            why: "give one: the filter recomputes K, the mask is the engine's K",
         });
     }
     if vocab > u32::MAX as usize || (cfg.top_p.is_some() && vocab > MAX_TOP_P_VOCAB) {
@@ -140,6 +210,15 @@ fn check_shapes<E>(
     };
     want("logp", out.logp.is_some(), targets.is_some(), out.logp.as_ref().map(|s| s.len()))?;
     want("branch", out.branch.is_some(), cfg.top_p.is_some(), out.branch.as_ref().map(|s| s.len()))?;
+    let kept_needed = masked || cfg.filter.is_some();
+    want("kept", out.kept.is_some(), kept_needed, out.kept.as_ref().map(|k| k.lse.len()))?;
+    if let Some(k) = &out.kept {
+        validate::len("kept.entropy", k.entropy.len(), n, "output, one per row")?;
+        validate::len("kept.count", k.count.len(), n, "output, one per row")?;
+        let with_logp = targets.is_some();
+        want("kept.logp", k.logp.is_some(), with_logp, k.logp.as_ref().map(|s| s.len()))?;
+        want("kept.outside", k.outside.is_some(), with_logp, k.outside.as_ref().map(|s| s.len()))?;
+    }
     Ok(n)
 }
 
@@ -158,7 +237,46 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
     cfg: &TokenStatsConfig,
     out: &mut TokenStatsBuffers,
 ) -> Result<()> {
-    let n = check_shapes(logits, vocab, targets, cfg, out)?;
+    let n = check_shapes(logits, vocab, targets, cfg, false, out)?;
+    launch(stream, logits, vocab, n, targets, cfg, None, out)
+}
+
+/// [`token_stats_into`] with an engine's kept mask: the statistics over each row's given K beside
+/// the default outputs (`out` must have [`TokenStatsBuffers::with_kept`]'s buffers; `cfg.filter`
+/// must be `None`). The mask is copied to the host and checked first ([`validate::kept_mask`]:
+/// offsets, ids in range, no repeats, no empty row; a synchronisation), so a bad mask is
+/// [`Error::InvalidKeptMask`] naming its row before anything is launched.
+pub fn token_stats_masked_into<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+    mask: CudaKeptMask<'_, '_>,
+    out: &mut TokenStatsBuffers,
+) -> Result<()> {
+    let n = check_shapes(logits, vocab, targets, cfg, true, out)?;
+    validate::len("kept_mask.offsets", mask.offsets.len(), n + 1, "N + 1 row starts")?;
+    let op = "copy kept mask to host";
+    let offsets = stream.clone_dtoh(mask.offsets).map_err(cuda_err(op))?;
+    let token_ids =
+        if mask.token_ids.len() == 0 { Vec::new() } else { stream.clone_dtoh(mask.token_ids).map_err(cuda_err(op))? };
+    validate::kept_mask(&KeptMask { token_ids: &token_ids, offsets: &offsets }, n, vocab)?;
+    launch(stream, logits, vocab, n, targets, cfg, Some(mask), out)
+}
+
+/// The launches of [`token_stats_into`] / [`token_stats_masked_into`] (shapes checked).
+#[allow(clippy::too_many_arguments)]
+fn launch<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    n: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+    mask: Option<CudaKeptMask<'_, '_>>,
+    out: &mut TokenStatsBuffers,
+) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -213,6 +331,51 @@ pub fn token_stats_into<E: Element + DeviceRepr>(
             unsafe { b.launch(lc) }.map_err(cuda_err("launch token_stats_topp"))?;
         }
     }
+    if mask.is_none() && cfg.filter.is_none() {
+        return Ok(());
+    }
+    // The kept-set kernel rewrites lse, entropy, logp and flags with the same bits (the same pass
+    // and formulas as the kernels above) and adds the statistics over K.
+    let name = dtype_name(["token_stats_kept_f32", "token_stats_kept_bf16", "token_stats_kept_f16"], E::DTYPE);
+    let k = Kernel { module: Module::TokenStats, name, block: ROW_BLOCK, shared_bytes: 0 };
+    let (func, lc) = launch_for(stream, k, n_rows)?;
+    let filter = cfg.filter.unwrap_or_default();
+    let (top_k, top_p) = (filter.top_k.unwrap_or(0), filter.top_p.unwrap_or(0.0));
+    let kept = out.kept.as_mut().expect("checked: kept buffers present with a filter or a mask");
+    let mut b = stream.launch_builder(&func);
+    b.arg(logits).arg(&n_rows).arg(&v32);
+    match targets {
+        Some(t) => b.arg(t),
+        None => b.arg(&null),
+    };
+    b.arg(&inv_t).arg(&top_k).arg(&top_p);
+    match mask {
+        Some(m) => b.arg(m.token_ids).arg(m.offsets),
+        None => b.arg(&null).arg(&null),
+    };
+    b.arg(&mut out.lse).arg(&mut out.entropy);
+    match out.logp.as_mut() {
+        Some(l) => b.arg(l),
+        None => b.arg(&null),
+    };
+    b.arg(&mut out.flags).arg(&mut kept.lse).arg(&mut kept.entropy);
+    match kept.logp.as_mut() {
+        Some(l) => b.arg(l),
+        None => b.arg(&null),
+    };
+    b.arg(&mut kept.count);
+    match kept.outside.as_mut() {
+        Some(o) => b.arg(o),
+        None => b.arg(&null),
+    };
+    // SAFETY: token_stats_kept_<dtype>(const E* logits, u64 n_rows, u32 vocab, const u32* targets
+    // (or null), f32 inv_t, u32 top_k, f32 top_p, const u32* ids (or null), const u64* offsets (or
+    // null), f32* lse, f32* entropy, f32* logp (or null), u32* flags, f32* k_lse, f32* k_entropy,
+    // f32* k_logp (or null), u32* k_count, u8* k_outside (or null)): the arguments above in that
+    // order and type; every output holds N elements and logits N·V (checked above); a mask's
+    // offsets hold N + 1 entries, nondecreasing and at most the ids' length, and its ids are < V
+    // (validated on the host), so the kernel reads only inside them.
+    unsafe { b.launch(lc) }.map_err(cuda_err("launch token_stats_kept"))?;
     Ok(())
 }
 
@@ -257,11 +420,85 @@ pub fn token_stats<E: Element + DeviceRepr>(
 ) -> Result<TokenStatsBuffers> {
     let n = validate::rows(logits.len(), vocab)?;
     let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), cfg.top_p.is_some())?;
+    if cfg.filter.is_some() {
+        out = out.with_kept(stream)?;
+    }
     token_stats_into(stream, logits, vocab, targets, cfg, &mut out)?;
     if cfg.check_finite {
         check_rows(stream, &out, targets, vocab)?;
     }
     Ok(out)
+}
+
+/// [`token_stats_masked_into`] into new buffers; with `cfg.check_finite`, then [`check_rows`].
+pub fn token_stats_masked<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &CudaView<'_, E>,
+    vocab: usize,
+    targets: Option<&CudaView<'_, u32>>,
+    cfg: &TokenStatsConfig,
+    mask: CudaKeptMask<'_, '_>,
+) -> Result<TokenStatsBuffers> {
+    let n = validate::rows(logits.len(), vocab)?;
+    let mut out = TokenStatsBuffers::new(stream, n, targets.is_some(), cfg.top_p.is_some())?.with_kept(stream)?;
+    token_stats_masked_into(stream, logits, vocab, targets, cfg, mask, &mut out)?;
+    if cfg.check_finite {
+        check_rows(stream, &out, targets, vocab)?;
+    }
+    Ok(out)
+}
+
+/// Host slices in, host [`TokenStats`] out, with an engine's kept mask: the CUDA twin of
+/// [`crate::cpu::token_stats_masked`] (same errors; results within f32 rounding).
+pub fn token_stats_masked_host<E: Element>(
+    stream: &Arc<CudaStream>,
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+    mask: &KeptMask,
+) -> Result<TokenStats> {
+    match E::DTYPE {
+        DType::F32 => masked_typed::<f32>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg, mask),
+        DType::BF16 => masked_typed::<half::bf16>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg, mask),
+        DType::F16 => masked_typed::<half::f16>(stream, bytemuck::cast_slice(logits), vocab, targets, cfg, mask),
+    }
+}
+
+fn masked_typed<E: Element + DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    logits: &[E],
+    vocab: usize,
+    targets: Option<&[u32]>,
+    cfg: &TokenStatsConfig,
+    mask: &KeptMask,
+) -> Result<TokenStats> {
+    cfg.validate()?;
+    let n = validate::rows(logits.len(), vocab)?;
+    validate::filter_or_mask(cfg.filter.as_ref(), Some(mask), n, vocab)?;
+    if let Some(t) = targets {
+        validate::targets(t, n, vocab)?;
+    }
+    if n == 0 {
+        let empty = TokenStatsBuffers::new(stream, 0, targets.is_some(), cfg.top_p.is_some())?.with_kept(stream)?;
+        return empty.to_host(stream);
+    }
+    let op = "copy to device";
+    let d_logits = stream.clone_htod(logits).map_err(cuda_err(op))?;
+    let d_targets = targets.map(|t| stream.clone_htod(t)).transpose().map_err(cuda_err(op))?;
+    let d_ids = stream.clone_htod(mask.token_ids).map_err(cuda_err(op))?;
+    let d_offsets = stream.clone_htod(mask.offsets).map_err(cuda_err(op))?;
+    let t_view = d_targets.as_ref().map(|t| t.as_view());
+    let (ids, offsets) = (d_ids.as_view(), d_offsets.as_view());
+    let out = token_stats_masked(
+        stream,
+        &d_logits.as_view(),
+        vocab,
+        t_view.as_ref(),
+        cfg,
+        CudaKeptMask { token_ids: &ids, offsets: &offsets },
+    )?;
+    out.to_host(stream)
 }
 
 /// Host slices in, host [`TokenStats`] out: copies `logits` (and `targets`) to the device of
@@ -296,7 +533,10 @@ fn host_typed<E: Element + DeviceRepr>(
         validate::targets(t, n, vocab)?;
     }
     if n == 0 {
-        let empty = TokenStatsBuffers::new(stream, 0, targets.is_some(), cfg.top_p.is_some())?;
+        let mut empty = TokenStatsBuffers::new(stream, 0, targets.is_some(), cfg.top_p.is_some())?;
+        if cfg.filter.is_some() {
+            empty = empty.with_kept(stream)?;
+        }
         return empty.to_host(stream);
     }
     let d_logits = stream.clone_htod(logits).map_err(cuda_err("copy logits to device"))?;
