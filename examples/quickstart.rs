@@ -56,6 +56,7 @@ pub fn run() -> Result<Quickstart, Box<dyn std::error::Error>> {
         old_logp: &old_logp,
         ref_logp: None,
         advantages: &advantages,
+        kept_mask: None,
     };
     let out = ops::grpo_loss(logits.as_tensor(), &inputs, &GrpoConfig::default())?;
     let grads = out.loss.backward()?;

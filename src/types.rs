@@ -151,6 +151,22 @@ pub struct KeptSaved {
     /// For a recomputed filter, the smallest kept logit z_τ (K = {i : z_i ≥ z_τ}); for a given
     /// mask unused (NaN): K is the mask's row.
     pub threshold: Vec<f32>,
+    /// 1 where the target is outside K (its log-prob term then uses the unfiltered p), else 0.
+    pub outside: Vec<u8>,
+    /// The entropy bonus used H̃ (`GrpoConfig::kept_entropy`); otherwise H.
+    pub kept_entropy: bool,
+    /// For a given mask, a copy of its ids ([`KeptMask::token_ids`]); empty for a recomputed K.
+    pub token_ids: Vec<u32>,
+    /// For a given mask, a copy of its N + 1 row starts ([`KeptMask::offsets`]); empty for a
+    /// recomputed K (then `threshold` defines K).
+    pub offsets: Vec<u64>,
+}
+
+impl KeptSaved {
+    /// The given mask, when K was given rather than recomputed.
+    pub fn mask(&self) -> Option<KeptMask<'_>> {
+        (!self.offsets.is_empty()).then_some(KeptMask { token_ids: &self.token_ids, offsets: &self.offsets })
+    }
 }
 
 /// Output of the fused GRPO forward.

@@ -8,7 +8,10 @@
 
 mod grpo_cases;
 
-use grpo_cases::{bits, case, check_forward_values, check_grad, data, dispatch, forward_bits, Case};
+use grpo_cases::{
+    bits, case, check_forward_values, check_grad, data, dispatch, forward_bits, kept_case, kept_data, Case, Data,
+    KeptCase,
+};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -31,9 +34,12 @@ const UNIT: f64 = 1.0 / (1u64 << 18) as f64;
 // ---------------------------------------------------------------------------------------------
 
 fn check_forward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
-    let d = data::<E>(c);
+    check_forward_of(c, &data::<E>(c))
+}
+
+fn check_forward_of<E: Element>(c: &Case, d: &Data<E>) -> Result<(), TestCaseError> {
     let fwd = cpu::grpo_forward(&d.logits, c.vocab, &d.inputs(c), &c.cfg).expect("valid input");
-    check_forward_values(c, &d, &fwd, UNIT, "cpu")
+    check_forward_values(c, d, &fwd, UNIT, "cpu")
 }
 
 fn single_thread() -> &'static rayon::ThreadPool {
@@ -42,7 +48,10 @@ fn single_thread() -> &'static rayon::ThreadPool {
 }
 
 fn check_backward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
-    let d = data::<E>(c);
+    check_backward_of(c, &data::<E>(c))
+}
+
+fn check_backward_of<E: Element>(c: &Case, d: &Data<E>) -> Result<(), TestCaseError> {
     let inp = d.inputs(c);
     let (v, t) = (c.vocab, c.cfg.temperature);
     let fwd = cpu::grpo_forward(&d.logits, v, &inp, &c.cfg).expect("valid input");
@@ -63,7 +72,17 @@ fn check_backward<E: Element>(c: &Case) -> Result<(), TestCaseError> {
     prop_assert!(forward_bits(&fwd1) == forward_bits(&fwd), "forward depends on the thread count");
     prop_assert!(forward_bits(&again) == forward_bits(&fwd), "forward is not repeatable");
 
-    check_grad(c, &d, &grad, UNIT, "cpu")
+    check_grad(c, d, &grad, UNIT, "cpu")
+}
+
+fn check_kept_forward<E: Element>(kc: &KeptCase) -> Result<(), TestCaseError> {
+    let (c, d) = kept_data::<E>(kc);
+    check_forward_of(&c, &d)
+}
+
+fn check_kept_backward<E: Element>(kc: &KeptCase) -> Result<(), TestCaseError> {
+    let (c, d) = kept_data::<E>(kc);
+    check_backward_of(&c, &d)
 }
 
 proptest! {
@@ -80,5 +99,33 @@ proptest! {
     #[test]
     fn backward_matches_reference(c in case()) {
         dispatch(&c, check_backward::<f32>, check_backward::<bf16>, check_backward::<f16>)?;
+    }
+
+    /// With a filter (top-k, top-p, both) or an engine mask (the filter's own K, or random ids
+    /// with the target in or out), H or H̃ in the bonus: the forward's ℓ̃, ratio, flags
+    /// (OUTSIDE_KEPT), |K|, lse_K and H̃ match the f64 reference (rows whose top-p crossing is
+    /// within f32 resolution only have |K| checked against the band). Same tolerances as above:
+    /// lse_K and H̃ are computed in f64 and rounded once.
+    #[test]
+    fn kept_forward_matches_reference(kc in kept_case()) {
+        dispatch_kept(&kc, check_kept_forward::<f32>, check_kept_forward::<bf16>, check_kept_forward::<f16>)?;
+    }
+
+    /// The backward over K (dz = (1/T)[g(δ − q) − h·r], q = p̃·1_K or p outside, r from H̃ or
+    /// H) matches `reference::grpo_grad`; into, in place, repeated and one-thread runs agree bit
+    /// for bit. Tolerance as `backward_matches_reference`, with lse_K/H̃ bounded as lse/H.
+    #[test]
+    fn kept_backward_matches_reference(kc in kept_case()) {
+        dispatch_kept(&kc, check_kept_backward::<f32>, check_kept_backward::<bf16>, check_kept_backward::<f16>)?;
+    }
+}
+
+type KeptCheck = fn(&KeptCase) -> Result<(), TestCaseError>;
+
+fn dispatch_kept(kc: &KeptCase, f32_: KeptCheck, bf: KeptCheck, h: KeptCheck) -> Result<(), TestCaseError> {
+    match kc.case.dtype {
+        rlvr_kernels::DType::F32 => f32_(kc),
+        rlvr_kernels::DType::BF16 => bf(kc),
+        rlvr_kernels::DType::F16 => h(kc),
     }
 }

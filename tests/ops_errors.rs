@@ -64,7 +64,7 @@ fn grpo_case(edit: impl FnOnce(&mut [Tensor; 6]), want: Error) {
     let mut t = p.tensors();
     edit(&mut t);
     let [z, y, m, o, r, a] = &t;
-    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a };
+    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a, kept_mask: None };
     grpo_err(z, &inputs, &p.cfg, want);
 }
 
@@ -73,7 +73,7 @@ fn grpo_value_case(edit: impl FnOnce(&mut Problem), want: Error) {
     let mut p = Problem::new();
     edit(&mut p);
     let [z, y, m, o, r, a] = &p.tensors();
-    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a };
+    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a, kept_mask: None };
     grpo_err(z, &inputs, &p.cfg, want);
 }
 
@@ -127,7 +127,7 @@ fn grpo_shape_errors() {
 fn grpo_missing_ref_logp_with_kl() {
     let p = Problem::new();
     let [z, y, m, o, _, a] = &p.tensors();
-    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: None, advantages: a };
+    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: None, advantages: a, kept_mask: None };
     grpo_err(z, &inputs, &p.cfg, shape_err("ref_logp", "6 elements (the KL penalty is on)", "none"));
 }
 
@@ -174,7 +174,7 @@ fn grpo_unchecked_bad_row_is_not_an_error() {
     p.cfg.check_finite = false;
     p.logits[0] = f32::NAN; // row 0 is masked out
     let [z, y, m, o, r, a] = &p.tensors();
-    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a };
+    let inputs = GrpoLossInputs { targets: y, mask: m, old_logp: o, ref_logp: Some(r), advantages: a, kept_mask: None };
     let fused = ops::grpo_loss(z, &inputs, &p.cfg).unwrap();
     let naive = ops::naive::grpo_loss(z, &inputs, &p.cfg).unwrap();
     assert!(fused.loss.to_scalar::<f32>().unwrap().is_finite());

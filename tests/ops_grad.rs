@@ -315,6 +315,7 @@ fn non_contiguous_inputs_give_the_contiguous_results() {
         old_logp: &old,
         ref_logp: c.cfg.kl.map(|_| &refl),
         advantages: &adv,
+        kept_mask: None,
     };
     type LossFn = fn(&Tensor, &ops::GrpoLossInputs, &GrpoConfig) -> rlvr_kernels::Result<ops::GrpoLossOutput>;
     let both: [LossFn; 2] = [ops::grpo_loss, ops::naive::grpo_loss];
@@ -354,7 +355,14 @@ fn zero_rows_give_empty_outputs() {
     let z = candle_core::Var::zeros((0, 3, 5), DType::BF16, &dev).unwrap();
     let per = Tensor::zeros((0, 3), DType::F32, &dev).unwrap();
     let y = Tensor::zeros((0, 3), DType::U32, &dev).unwrap();
-    let inputs = ops::GrpoLossInputs { targets: &y, mask: &per, old_logp: &per, ref_logp: None, advantages: &per };
+    let inputs = ops::GrpoLossInputs {
+        targets: &y,
+        mask: &per,
+        old_logp: &per,
+        ref_logp: None,
+        advantages: &per,
+        kept_mask: None,
+    };
     let cfg = GrpoConfig::default();
     for out in [ops::grpo_loss(z.as_tensor(), &inputs, &cfg), ops::naive::grpo_loss(z.as_tensor(), &inputs, &cfg)] {
         let out = out.unwrap();

@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rlvr_kernels::reference::{self, SplitMix64};
 use rlvr_kernels::{
-    AdvantageConfig, Aggregation, GrpoConfig, GrpoInputs, KlEstimator, KlPenalty, PositionShaping, PplShaping, Shaping,
+    AdvantageConfig, Aggregation, GrpoConfig, GrpoInputs, KeptMask, KlEstimator, KlPenalty, PositionShaping,
+    PplShaping, SamplingFilter, Shaping,
 };
 
 fn cases() -> u32 {
@@ -60,6 +61,9 @@ struct Case {
     shaping: Shaping,
     region: Region,
     kl_region: KlRegion,
+    /// K given as an engine mask (random ids per row, the target in it or not) instead of
+    /// `cfg.filter` (which is then `None`).
+    given_mask: bool,
 }
 
 fn config() -> impl Strategy<Value = GrpoConfig> {
@@ -118,8 +122,27 @@ fn case() -> impl Strategy<Value = Case> {
             shaping,
             region,
             kl_region,
+            given_mask: false,
         },
     )
+}
+
+/// A case with a kept set: a recomputed filter (top-k, top-p, both; H or H̃ in the bonus) or an
+/// engine mask.
+fn kept_case() -> impl Strategy<Value = Case> {
+    let p = prop_oneof![Just(0.95f32), Just(0.5), 0.1f32..0.99];
+    let k = 1u32..=8;
+    let filter = prop_oneof![
+        p.clone().prop_map(SamplingFilter::top_p),
+        k.clone().prop_map(SamplingFilter::top_k),
+        (k, p).prop_map(|(k, p)| SamplingFilter::top_k_top_p(k, p)),
+    ];
+    (case(), filter, any::<bool>(), any::<bool>()).prop_map(|(mut c, f, kept_entropy, given_mask)| {
+        c.cfg.filter = (!given_mask).then_some(f);
+        c.cfg.kept_entropy = kept_entropy;
+        c.given_mask = given_mask;
+        c
+    })
 }
 
 fn uniform(rng: &mut SplitMix64) -> f64 {
@@ -177,6 +200,9 @@ struct Data {
     old_logp: Vec<f32>,
     ref_logp: Vec<f32>,
     advantages: Vec<f32>,
+    /// An engine mask (empty offsets: none).
+    kept_ids: Vec<u32>,
+    kept_offsets: Vec<u64>,
 }
 
 impl Data {
@@ -188,9 +214,39 @@ impl Data {
             ref_logp: Some(&self.ref_logp),
             advantages: &self.advantages,
             seq_len,
-            kept_mask: None,
+            kept_mask: (!self.kept_offsets.is_empty())
+                .then_some(KeptMask { token_ids: &self.kept_ids, offsets: &self.kept_offsets }),
         }
     }
+}
+
+/// Whether `filter`'s K of `row` stays the same when any one logit moves by ±H.
+///
+/// A finite difference across a change of K measures no derivative (ℓ̃ and H̃ jump), so a
+/// filtered row must have a clear gap at its crossing. Top-k: the logits of a row are distinct
+/// points of the 2^-10 grid, so a step of H = 2^-16 never reorders two of them and the k
+/// largest stay the k largest. Top-p: a step moves every probability by a relative ≤ 2H/T ≤
+/// 2.5e-4 (T ≥ 0.5), so the cumulative mass (over the top-k set, normalised) before and at the
+/// crossing token moves by less than that; the row is accepted when both lie ≥ 1e-3 from p.
+fn clear_gap(row: &[f64], t: f64, f: &SamplingFilter) -> bool {
+    let mut sorted = row.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return false;
+    }
+    let Some(p) = f.top_p else { return true };
+    let (probs, _) = reference::softmax(&sorted, t);
+    let set = &probs[..f.top_k.map_or(probs.len(), |k| (k as usize).min(probs.len()))];
+    let mass: f64 = set.iter().sum();
+    let mut cum = 0.0;
+    for &q in set {
+        let before = cum / mass;
+        cum += q;
+        if (before - p as f64).abs() < 1e-3 || (cum / mass - p as f64).abs() < 1e-3 {
+            return false;
+        }
+    }
+    true
 }
 
 /// Logits on a 2^-10 grid in ±3, ℓ_old/ℓ_ref at offsets from the exact ℓ chosen by `pick`
@@ -200,8 +256,34 @@ fn data(c: &Case, mut pick: impl FnMut(&mut SplitMix64, f64) -> f64) -> Data {
     let mut rng = SplitMix64(c.seed);
     let (b, v) = (c.group * c.groups, c.vocab);
     let n = b * c.seq_len;
-    let z: Vec<f64> = (0..n * v).map(|_| (rng.below(6145) as f64 - 3072.0) / 1024.0).collect();
+    let t = c.cfg.temperature as f64;
+    let grid = |rng: &mut SplitMix64| (rng.below(6145) as f64 - 3072.0) / 1024.0;
+    let mut z: Vec<f64> = (0..n * v).map(|_| grid(&mut rng)).collect();
+    if let Some(f) = c.cfg.filter {
+        // Redraw a row until its K has a clear gap (a few draws at most: the rejected band is
+        // ≈ 2e-3 of the mass per token).
+        for row in z.chunks_mut(v) {
+            while !clear_gap(row, t, &f) {
+                row.iter_mut().for_each(|x| *x = grid(&mut rng));
+            }
+        }
+    }
     let targets: Vec<u32> = (0..n).map(|_| rng.below(v as u64) as u32).collect();
+    let (mut kept_ids, mut kept_offsets) = (Vec::new(), Vec::new());
+    if c.given_mask {
+        // A random non-empty subset of each row, with the target in it or not.
+        kept_offsets.push(0u64);
+        for &y in &targets {
+            let mut ids: Vec<u32> = (0..v as u32).filter(|&i| i != y && rng.below(2) == 0).collect();
+            if ids.is_empty() || rng.below(2) == 0 {
+                ids.push(y);
+            }
+            kept_ids.extend(ids);
+            kept_offsets.push(kept_ids.len() as u64);
+        }
+    }
+    let mask_of = KeptMask { token_ids: &kept_ids, offsets: &kept_offsets };
+    let given = c.given_mask.then_some(&mask_of);
     let mut mask: Vec<f32> = (0..n).map(|_| (rng.below(4) != 0) as u8 as f32).collect();
     if rng.below(4) == 0 {
         mask[..c.seq_len].fill(0.0); // a sequence without counted tokens
@@ -211,11 +293,20 @@ fn data(c: &Case, mut pick: impl FnMut(&mut SplitMix64, f64) -> f64) -> Data {
     // The shapings keep the sign of A (the PPL factor is in [0.8, 1.2]), so the sequence
     // advantage's sign is the sign of every token's shaped advantage.
     let seq_adv = reference::grpo_advantages(&rewards, &adv_cfg).unwrap();
-    let t = c.cfg.temperature as f64;
     let mut old_logp = Vec::with_capacity(n);
     let mut ref_logp = Vec::with_capacity(n);
     for (k, row) in z.chunks(v).enumerate() {
-        let l = reference::row_stats(row, Some(targets[k]), t, None).logp.unwrap();
+        // The ratio's ℓ: ℓ̃ over K when a filter or mask is on (ℓ when the target is outside K).
+        let l = match (c.cfg.filter, given) {
+            (None, None) => reference::row_stats(row, Some(targets[k]), t, None).logp.unwrap(),
+            (f, m) => {
+                let kept = match m {
+                    Some(m) => reference::kept_from_ids(v, m.row(k)),
+                    None => reference::kept_set(row, t, &f.unwrap()),
+                };
+                reference::kept_stats(row, t, &kept, Some(targets[k])).logp.unwrap()
+            }
+        };
         old_logp.push((l - pick(&mut rng, seq_adv[k / c.seq_len])) as f32);
         ref_logp.push((l + kl_offset(&mut rng, c.kl_region)) as f32);
     }
@@ -224,7 +315,7 @@ fn data(c: &Case, mut pick: impl FnMut(&mut SplitMix64, f64) -> f64) -> Data {
         .iter()
         .map(|&a| a as f32)
         .collect();
-    Data { z, targets, mask, old_logp, ref_logp, advantages }
+    Data { z, targets, mask, old_logp, ref_logp, advantages, kept_ids, kept_offsets }
 }
 
 /// Central differences of the reference loss in every logit.
@@ -318,8 +409,86 @@ fn check_flat(c: &Case) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Central differences of `f` (a function of one row) in every logit of `z`.
+fn fd_row(z: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut z = z.to_vec();
+    (0..z.len())
+        .map(|i| {
+            let z0 = z[i];
+            z[i] = z0 + H;
+            let up = f(&z);
+            z[i] = z0 - H;
+            let down = f(&z);
+            z[i] = z0;
+            (up - down) / (2.0 * H)
+        })
+        .collect()
+}
+
+/// The token-level identities over a fixed K (any non-empty subset, the target in it or not):
+/// ∂lse_K/∂z_i = p̃_i·1_K/T, ∂ℓ̃/∂z_i = (1[i=y] − p̃_i·1_K)/T (the unfiltered (1[i=y] − p_i)/T
+/// when y ∉ K), ∂H̃/∂z_i = −p̃_i(ln p̃_i + H̃)·1_K/T, against central differences of
+/// `reference::kept_stats`. Tolerance: truncation H²/6·|f'''| with |f'''| ≤ 50·(1 + ln V)/T³
+/// (each derivative of p̃ brings ≤ 1/T; the entropy's ln p̃ factor ≤ ln V plus O(1)), and
+/// rounding 2^-53·(|f| + V)/H ≈ 1.5e-12·(|f| + V), rounded up to 1e-9·(1 + |f|).
+fn check_kept_identities(z: &[f64], t: f64, kept: &[bool], y: u32) -> Result<(), TestCaseError> {
+    let v = z.len();
+    let r = reference::kept_stats(z, t, kept, Some(y));
+    let (p, lse) = reference::softmax(z, t);
+    let tol = |f: f64| H * H / 6.0 * 50.0 * (1.0 + (v as f64).ln()) / t.powi(3) + 1e-9 * (1.0 + f.abs());
+    let fd_lse = fd_row(z, |z| reference::kept_stats(z, t, kept, None).lse);
+    let fd_h = fd_row(z, |z| reference::kept_stats(z, t, kept, None).entropy);
+    let fd_l = fd_row(z, |z| reference::kept_stats(z, t, kept, Some(y)).logp.unwrap());
+    for i in 0..v {
+        let pk = if kept[i] { (z[i] / t - r.lse).exp() } else { 0.0 };
+        let delta = if i == y as usize { 1.0 } else { 0.0 };
+        let want_lse = pk / t;
+        let want_h = if pk > 0.0 { -pk * (pk.ln() + r.entropy) / t } else { 0.0 };
+        let want_l = if r.outside { (delta - p[i]) / t } else { (delta - pk) / t };
+        prop_assert!((fd_lse[i] - want_lse).abs() <= tol(r.lse), "∂lse_K/∂z[{i}]: {} vs {}", fd_lse[i], want_lse);
+        prop_assert!((fd_h[i] - want_h).abs() <= tol(r.entropy), "∂H̃/∂z[{i}]: {} vs {}", fd_h[i], want_h);
+        let l = r.logp.unwrap();
+        prop_assert!(
+            (fd_l[i] - want_l).abs() <= tol(l),
+            "∂ℓ̃/∂z[{i}] (outside {}): {} vs {}",
+            r.outside,
+            fd_l[i],
+            want_l
+        );
+    }
+    prop_assert!(lse >= r.lse - 1e-12, "lse_K ≤ lse");
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// The filtered loss's analytic gradient (ℓ̃ in the ratio and KL, H or H̃ in the bonus,
+    /// targets inside and outside K, K recomputed by top-k/top-p/both or given as a mask)
+    /// equals central differences on every smooth piece where K does not change (see
+    /// `clear_gap`). Same tolerance as the unfiltered property: |∂ℓ̃/∂z_j| ≤ 1/T as well, and
+    /// each further derivative of p̃ brings ≤ 1/T as for p.
+    #[test]
+    fn kept_gradient_matches_finite_differences(c in kept_case()) {
+        check_gradient(&c)?;
+    }
+
+    /// Token-level identities of ℓ̃, H̃ and lse_K over a fixed K (see `check_kept_identities`).
+    #[test]
+    fn kept_token_identities(
+        seed in any::<u64>(),
+        vocab in 1usize..=12,
+        t in prop_oneof![Just(1.0f64), 0.5f64..2.0],
+    ) {
+        let mut rng = SplitMix64(seed);
+        let z: Vec<f64> = (0..vocab).map(|_| (rng.below(6145) as f64 - 3072.0) / 1024.0).collect();
+        let mut kept: Vec<bool> = (0..vocab).map(|_| rng.below(2) == 0).collect();
+        let y = rng.below(vocab as u64) as u32;
+        if !kept.iter().any(|&k| k) {
+            kept[rng.below(vocab as u64) as usize] = true;
+        }
+        check_kept_identities(&z, t, &kept, y)?;
+    }
 
     /// The analytic gradient equals central differences on every smooth piece: each aggregation
     /// mode, KL estimator (and KL off), entropy bonus, temperature, dual clip and shaping.

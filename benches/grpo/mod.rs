@@ -272,8 +272,14 @@ fn time_naive(
     let t = |x: &[f32]| Tensor::from_slice(x, (b, SEQ_LEN), &s.dev);
     let (targets, mask) = (Tensor::from_slice(&h.targets, (b, SEQ_LEN), &s.dev)?, t(&h.mask)?);
     let (old, refl, adv) = (t(&h.old_logp)?, t(&h.ref_logp)?, t(&adv)?);
-    let inputs =
-        GrpoLossInputs { targets: &targets, mask: &mask, old_logp: &old, ref_logp: Some(&refl), advantages: &adv };
+    let inputs = GrpoLossInputs {
+        targets: &targets,
+        mask: &mask,
+        old_logp: &old,
+        ref_logp: Some(&refl),
+        advantages: &adv,
+        kept_mask: None,
+    };
     let var = Var::from_tensor(&logits.reshape((b, SEQ_LEN, v))?)?;
     let naive_cfg = GrpoConfig { top_p: None, ..*cfg };
     let run = || -> BenchResult<()> {

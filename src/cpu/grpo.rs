@@ -164,12 +164,18 @@ pub fn grpo_forward<E: Element>(
     if cfg.check_finite {
         validate::first_bad_row(n, |r| tokens[r].stats.problem.error(r))?;
     }
-    Ok(assemble(&tokens, &weights, inputs.mask, cfg, how(0).is_some()))
+    Ok(assemble(&tokens, &weights, inputs, cfg, how(0).is_some()))
 }
 
 /// The struct-of-arrays output, the saved backward scalars and the f64 loss sum (token order).
-fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig, filtered: bool) -> GrpoForward {
-    let n = tokens.len();
+fn assemble(
+    tokens: &[TokenOut],
+    weights: &[f32],
+    inputs: &GrpoInputs,
+    cfg: &GrpoConfig,
+    filtered: bool,
+) -> GrpoForward {
+    let (n, mask) = (tokens.len(), inputs.mask);
     let mut loss = 0.0f64;
     let mut saved = GrpoSaved {
         lse: Vec::with_capacity(n),
@@ -195,6 +201,10 @@ fn assemble(tokens: &[TokenOut], weights: &[f32], mask: &[f32], cfg: &GrpoConfig
             lse: k.lse.clone(),
             entropy: k.entropy.clone(),
             threshold: rows.iter().map(|r| r.kept.map_or(f32::NAN, |k| k.threshold)).collect(),
+            outside: k.outside.clone().unwrap_or_default(),
+            kept_entropy: cfg.kept_entropy,
+            token_ids: inputs.kept_mask.map_or(Vec::new(), |m| m.token_ids.to_vec()),
+            offsets: inputs.kept_mask.map_or(Vec::new(), |m| m.offsets.to_vec()),
         });
     }
     GrpoForward {
@@ -268,6 +278,88 @@ impl RowCoef {
     }
 }
 
+/// The per-row constants of the backward over a kept set K (DESIGN.md §4, "Sampling filter and
+/// replay"): with c = grad_loss/T, dz_j = c·[g·(δ_jy − q_j) − h·r_j] where q = p̃·1_K (p when
+/// the target is outside K) and r = p̃(ln p̃ + H̃)·1_K with `kept_entropy`, else p(ln p + H).
+#[derive(Debug, Clone, Copy)]
+struct KeptCoef<'a> {
+    full: RowCoef,
+    lse_k: f32,
+    entropy_k: f32,
+    outside: bool,
+    kept_entropy: bool,
+    /// K = {j : z_j ≥ threshold} when `ids` is `None`.
+    threshold: f32,
+    /// A given mask's row.
+    ids: Option<&'a [u32]>,
+}
+
+impl<'a> KeptCoef<'a> {
+    fn new(r: usize, full: RowCoef, kept: &'a KeptSaved) -> Self {
+        KeptCoef {
+            full,
+            lse_k: kept.lse[r],
+            entropy_k: kept.entropy[r],
+            outside: kept.outside[r] != 0,
+            kept_entropy: kept.kept_entropy,
+            threshold: kept.threshold[r],
+            ids: kept.mask().map(|m| m.row(r)),
+        }
+    }
+
+    /// ln p̃_j (floored as [`RowCoef::ln_p`]).
+    #[inline(always)]
+    fn ln_pk(&self, z: f32) -> f32 {
+        let lp = z.mul_add(self.full.inv_t, -self.lse_k);
+        if lp > LN_P_FLOOR {
+            lp
+        } else {
+            LN_P_FLOOR
+        }
+    }
+
+    /// dz_j of logit `z`, in K or not, at the target or not.
+    #[inline(always)]
+    fn dz(&self, z: f32, in_k: bool, is_target: bool) -> f32 {
+        let k = &self.full;
+        let lp = k.ln_p::<false>(z);
+        let lpk = if in_k { self.ln_pk(z) } else { f32::NEG_INFINITY };
+        // ln q_j: the log-prob term's distribution.
+        let ln_q = if self.outside { lp } else { lpk };
+        let policy = if is_target { -k.cg * ln_q.exp_m1() } else { -k.cg * ln_q.exp() };
+        let entropy = match (self.kept_entropy, in_k) {
+            (true, true) => lpk.exp() * (lpk + self.entropy_k),
+            (true, false) => 0.0,
+            (false, _) => lp.exp() * (lp + k.entropy),
+        };
+        policy + k.beta * entropy
+    }
+}
+
+/// One row of the backward over a kept set (scalar; `src = None` means in place). Each dz_j
+/// depends on z_j alone, so the in-place pass reads each logit before overwriting it.
+fn kept_row<E: Element>(src: Option<&[E]>, dst: &mut [E], target: usize, k: KeptCoef, s: &mut BackScratch) {
+    if k.full.zero {
+        dst.fill(E::from_f32(0.0));
+        return;
+    }
+    // Membership of a given mask's row, as 1.0 in a row-long buffer (cleared afterwards).
+    let member = &mut s.wide;
+    if let Some(ids) = k.ids {
+        member.clear();
+        member.resize(dst.len(), 0.0);
+        ids.iter().for_each(|&i| member[i as usize] = 1.0);
+    }
+    for j in 0..dst.len() {
+        let z = src.map_or(dst[j], |s| s[j]).to_f32();
+        let in_k = match k.ids {
+            Some(_) => member[j] != 0.0,
+            None => z >= k.threshold,
+        };
+        dst[j] = E::from_f32(k.dz(z, in_k, j == target));
+    }
+}
+
 /// Per-thread block buffers of the backward (bf16/f16 rows are widened to f32, transformed,
 /// narrowed back).
 #[derive(Debug, Default)]
@@ -337,6 +429,16 @@ fn check_backward(len: usize, vocab: usize, targets: &[u32], saved: &GrpoSaved, 
     validate::len("saved.entropy", saved.entropy.len(), n, "one per row")?;
     validate::len("saved.grad_logp", saved.grad_logp.len(), n, "one per row")?;
     validate::len("saved.grad_entropy", saved.grad_entropy.len(), n, "one per row")?;
+    if let Some(k) = &saved.kept {
+        validate::len("saved.kept.lse", k.lse.len(), n, "one per row")?;
+        validate::len("saved.kept.entropy", k.entropy.len(), n, "one per row")?;
+        validate::len("saved.kept.threshold", k.threshold.len(), n, "one per row")?;
+        validate::len("saved.kept.outside", k.outside.len(), n, "one per row")?;
+        match k.mask() {
+            Some(m) => m.validate(n, vocab)?,
+            None => validate::len("saved.kept.token_ids", k.token_ids.len(), 0, "none without offsets")?,
+        }
+    }
     Ok(n)
 }
 
@@ -384,7 +486,10 @@ pub fn grpo_backward_into<E: Element>(
         .enumerate()
         .for_each_init(BackScratch::default, |scratch, (r, (dst, z))| {
             let k = RowCoef::new(r, saved, inv_t, grad_loss);
-            math::dispatch(BackwardRow { src: Some(z), dst, target: targets[r] as usize, k, scratch });
+            match &saved.kept {
+                None => math::dispatch(BackwardRow { src: Some(z), dst, target: targets[r] as usize, k, scratch }),
+                Some(kept) => kept_row(Some(z), dst, targets[r] as usize, KeptCoef::new(r, k, kept), scratch),
+            }
         });
     Ok(())
 }
@@ -407,7 +512,10 @@ pub fn grpo_backward_in_place<E: Element>(
         BackScratch::default,
         |scratch, (r, dst)| {
             let k = RowCoef::new(r, saved, inv_t, grad_loss);
-            math::dispatch(BackwardRow { src: None, dst, target: targets[r] as usize, k, scratch });
+            match &saved.kept {
+                None => math::dispatch(BackwardRow { src: None, dst, target: targets[r] as usize, k, scratch }),
+                Some(kept) => kept_row(None, dst, targets[r] as usize, KeptCoef::new(r, k, kept), scratch),
+            }
         },
     );
     Ok(())

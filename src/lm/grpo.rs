@@ -504,6 +504,7 @@ pub fn minibatch_loss(
         old_logp: &t(&old_logp)?,
         ref_logp: Some(&ref_logp),
         advantages: &t(&advantages)?,
+        kept_mask: None,
     };
     let out = ops::grpo_loss(&logits, &inputs, &cfg.loss_config())?;
     let ref_logp = ref_logp.flatten_all()?.to_vec1::<f32>()?;

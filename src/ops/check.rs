@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor};
 use super::GrpoLossInputs;
 use crate::config::{GrpoConfig, TokenStatsConfig};
 use crate::error::{Error, Result};
-use crate::types::GrpoInputs;
+use crate::types::{GrpoInputs, KeptMask};
 use crate::validate;
 
 /// The logits' dtype: bf16, f16 or f32.
@@ -81,6 +81,9 @@ pub(crate) struct HostGrpoInputs {
     pub lead: Vec<usize>,
     /// V.
     pub vocab: usize,
+    /// The engine's kept mask on the host (empty offsets: none).
+    pub kept_ids: Vec<u32>,
+    pub kept_offsets: Vec<u64>,
 }
 
 impl HostGrpoInputs {
@@ -93,7 +96,8 @@ impl HostGrpoInputs {
             ref_logp: self.ref_logp.as_deref(),
             advantages: &self.advantages,
             seq_len: self.seq_len,
-            kept_mask: None,
+            kept_mask: (!self.kept_offsets.is_empty())
+                .then_some(KeptMask { token_ids: &self.kept_ids, offsets: &self.kept_offsets }),
         }
     }
 }
@@ -111,6 +115,17 @@ pub(crate) fn grpo(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -
         per_token("ref_logp", r, DType::F32, &lead, logits)?;
     }
     per_token("advantages", inputs.advantages, DType::F32, &lead, logits)?;
+    if (cfg.filter.is_some() || inputs.kept_mask.is_some()) && !logits.device().is_cpu() {
+        return Err(Error::InvalidConfig {
+            name: "filter",
+            value: cfg.filter.map_or_else(|| "a kept mask".into(), |f| f.to_string()),
+            why: "sampling filters and kept masks are not implemented on CUDA yet",
+        });
+    }
+    let (kept_ids, kept_offsets) = match inputs.kept_mask {
+        Some(m) => kept_mask(m)?,
+        None => (Vec::new(), Vec::new()),
+    };
     let host = HostGrpoInputs {
         targets: host_vec(inputs.targets)?,
         mask: host_vec(inputs.mask)?,
@@ -120,10 +135,55 @@ pub(crate) fn grpo(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -
         seq_len: lead[1],
         lead,
         vocab,
+        kept_ids,
+        kept_offsets,
     };
     let n = host.targets.len();
     host.as_inputs().validate(n, vocab, cfg.kl.is_some())?;
+    if cfg.filter.is_some() || inputs.kept_mask.is_some() {
+        validate::filter_or_mask(cfg.filter.as_ref(), host.as_inputs().kept_mask.as_ref(), n, vocab)?;
+    }
     Ok(host)
+}
+
+/// A kept mask's tensors on the host: ids (rank 1, u32) and offsets (rank 1, u32 or i64;
+/// negative values are [`Error::InvalidKeptMask`] at their row). Layout checks follow in
+/// [`GrpoInputs::validate`].
+pub(crate) fn kept_mask(m: super::KeptMaskTensors) -> Result<(Vec<u32>, Vec<u64>)> {
+    let rank1 = |name: &'static str, t: &Tensor| {
+        if t.rank() == 1 {
+            Ok(())
+        } else {
+            Err(Error::ShapeMismatch { name, expected: "rank 1".into(), got: format!("{:?}", t.dims()) })
+        }
+    };
+    rank1("kept_mask.token_ids", m.token_ids)?;
+    rank1("kept_mask.offsets", m.offsets)?;
+    if m.token_ids.dtype() != DType::U32 {
+        return Err(Error::DTypeMismatch {
+            name: "kept_mask.token_ids",
+            expected: "u32".into(),
+            got: dtype_name(m.token_ids.dtype()),
+        });
+    }
+    let offsets = match m.offsets.dtype() {
+        DType::U32 => m.offsets.to_vec1::<u32>()?.into_iter().map(u64::from).collect(),
+        DType::I64 => {
+            let v = m.offsets.to_vec1::<i64>()?;
+            if let Some(row) = v.iter().position(|&o| o < 0) {
+                return Err(Error::InvalidKeptMask { row, why: format!("negative offset {}", v[row]) });
+            }
+            v.into_iter().map(|o| o as u64).collect()
+        }
+        d => {
+            return Err(Error::DTypeMismatch {
+                name: "kept_mask.offsets",
+                expected: "u32 or i64".into(),
+                got: dtype_name(d),
+            })
+        }
+    };
+    Ok((m.token_ids.to_vec1::<u32>()?, offsets))
 }
 
 /// A tensor's elements in row-major order on the host (copies from any device and layout).

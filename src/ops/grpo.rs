@@ -17,7 +17,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use super::check::{self, HostGrpoInputs};
 use super::side::Side;
-use super::token_stats::{offsets, unsupported};
+use super::token_stats::{offsets, unsupported, KeptStatsOutput};
 use crate::config::GrpoConfig;
 use crate::cpu;
 use crate::element::Element;
@@ -37,6 +37,25 @@ pub struct GrpoLossInputs<'a> {
     pub ref_logp: Option<&'a Tensor>,
     /// Shaped per-token advantages (f32), e.g. from [`crate::cpu::token_advantages`].
     pub advantages: &'a Tensor,
+    /// The rollout engine's kept set per token (vLLM's CSR `SamplingMask`), replacing
+    /// `cfg.filter`'s recomputed K (the two are exclusive); `None` for no mask.
+    pub kept_mask: Option<KeptMaskTensors<'a>>,
+}
+
+/// An engine's kept mask as tensors, in vLLM's CSR layout over the B·T tokens in row-major
+/// order: token r kept `token_ids[offsets[r]..offsets[r + 1]]`.
+///
+/// `token_ids`: rank 1, u32, each < V, no repeats within a token, at least one per token.
+/// `offsets`: rank 1, B·T + 1 entries, u32 or i64 (vLLM writes int64, candle has no u64;
+/// negative values are bad input), from 0 to `token_ids`' length, never decreasing. Both are read to the host once
+/// (any device). Errors: [`Error::DTypeMismatch`], [`Error::ShapeMismatch`] (rank, or offsets'
+/// length), [`Error::InvalidKeptMask`] naming the token (row of the flattened view).
+#[derive(Debug, Clone, Copy)]
+pub struct KeptMaskTensors<'a> {
+    /// Kept token ids (u32), token after token.
+    pub token_ids: &'a Tensor,
+    /// Row starts into `token_ids` (B·T + 1 entries; u32 or i64).
+    pub offsets: &'a Tensor,
 }
 
 /// The loss and per-token statistics. Only `loss` carries a gradient.
@@ -58,6 +77,10 @@ pub struct GrpoLossOutput {
     pub kl: Option<Tensor>,
     /// Branch count (u32) when `cfg.top_p` is set.
     pub branch: Option<Tensor>,
+    /// With `cfg.filter` or a kept mask: lse_K, H̃, ℓ̃, |K| and the outside-K flags per token
+    /// (no gradient through these; the loss's gradient already includes K). `logp` then holds ℓ̃
+    /// (ℓ where the target is outside K, flagged by bit 2 of `clip_flags`).
+    pub kept: Option<KeptStatsOutput>,
 }
 
 /// The fused shaped GRPO loss of `logits` (`[B, T, V]`, bf16/f16/f32). The sequence length T
@@ -77,6 +100,11 @@ pub struct GrpoLossOutput {
 /// ([`Error::TargetOutOfRange`], [`Error::InvalidMask`], [`Error::NonFiniteInput`]); with
 /// `cfg.check_finite` [`Error::NonFiniteLogits`] / [`Error::AllNegInfRow`] naming the first bad
 /// row of the flattened `[B·T, V]` view; device errors as [`Error::Cuda`].
+///
+/// With `cfg.filter` or `inputs.kept_mask` (DESIGN.md §4, "Sampling filter and replay") the
+/// ratio and KL use ℓ̃, the bonus H̃ when `cfg.kept_entropy`, and `loss.backward()` differentiates
+/// through K (CPU only for now). Further errors: [`Error::InvalidConfig`] for a filter together
+/// with a mask, or a filter/mask on a CUDA tensor; the mask's ([`KeptMaskTensors`]).
 pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> Result<GrpoLossOutput> {
     let host = check::grpo(logits, inputs, cfg)?;
     let logits = logits.contiguous()?;
@@ -116,6 +144,7 @@ fn host_outputs(
         clip_flags: Tensor::from_vec(std::mem::take(&mut fwd.clip_flags), lead, dev)?,
         kl: fwd.kl.as_mut().map(f32s).transpose()?,
         branch: fwd.branch.take().map(|b| Tensor::from_vec(b, lead, dev)).transpose()?,
+        kept: fwd.kept.take().map(|k| KeptStatsOutput::from_host(k, lead, dev)).transpose()?,
     })
 }
 

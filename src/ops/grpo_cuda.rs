@@ -114,6 +114,7 @@ pub(crate) fn outputs(d: &mut DeviceForward, lead: &[usize], loss: Tensor) -> Re
         clip_flags: wrap(CudaStorage::wrap_cuda_slice(flags, dev.clone())),
         kl: f.kl.as_mut().map(take_f32).transpose()?,
         branch,
+        kept: None,
     })
 }
 

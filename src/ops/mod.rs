@@ -28,5 +28,5 @@ mod side;
 mod stats_backward;
 pub mod token_stats;
 
-pub use grpo::{grpo_loss, GrpoLossInputs, GrpoLossOutput};
+pub use grpo::{grpo_loss, GrpoLossInputs, GrpoLossOutput, KeptMaskTensors};
 pub use token_stats::{token_stats, KeptStatsOutput, TokenStatsOutput};

@@ -14,12 +14,13 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::{check, GrpoLossInputs, GrpoLossOutput, TokenStatsOutput};
+use super::{check, GrpoLossInputs, GrpoLossOutput, KeptStatsOutput, TokenStatsOutput};
 use crate::config::{GrpoConfig, KlEstimator, TokenStatsConfig};
 use crate::cpu;
 use crate::cpu::math::LN_P_FLOOR;
 use crate::error::{Error, Result};
 use crate::reference;
+use crate::types::OUTSIDE_KEPT;
 use crate::validate;
 
 /// The ratio's log-domain clamp and the k3 estimator's u clamp (DESIGN.md §4).
@@ -37,7 +38,7 @@ pub fn token_stats(logits: &Tensor, targets: Option<&Tensor>, cfg: &TokenStatsCo
     if cfg.check_finite {
         check_rows(&z, shape.rows(), shape.vocab)?;
     }
-    let x = (z / cfg.temperature as f64)?;
+    let x = (&z / cfg.temperature as f64)?;
     let (lse, log_p) = log_softmax(&x)?;
     let entropy = entropy(&log_p)?;
     let logp = match targets {
@@ -62,11 +63,38 @@ pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> 
     if cfg.check_finite {
         check_rows(&z, n, host.vocab)?;
     }
-    let x = (z / cfg.temperature as f64)?;
+    let x = (&z / cfg.temperature as f64)?;
     let (_, log_p) = log_softmax(&x)?;
     let entropy = entropy(&log_p)?;
-    let logp = gather_target(&log_p, inputs.targets)?;
-    let terms = token_terms(&logp, &entropy, inputs, cfg)?;
+    let full_logp = gather_target(&log_p, inputs.targets)?;
+    let filtered = cfg.filter.is_some() || inputs.kept_mask.is_some();
+    let (mut logp, mut bonus, mut kept) = (full_logp.clone(), entropy.clone(), None);
+    let mut outside = None;
+    if filtered {
+        // K on the host (from the logits' values, as `reference::kept_set`, or the mask), then
+        // logits outside K masked to −inf: candle autograd gives ∂ℓ̃ and ∂H̃ through the mask.
+        let (k, out) = kept_on_host(&z, &host, cfg)?;
+        let k = Tensor::from_vec(k, z.dims(), z.device())?;
+        let x_k = k.where_cond(&x, &x.ones_like()?.affine(0.0, f64::NEG_INFINITY)?)?;
+        let (lse_k, log_pk) = log_softmax(&x_k)?;
+        let entropy_k = self::entropy(&log_pk)?;
+        let flag: Vec<u8> = out.iter().map(|&o| o * OUTSIDE_KEPT).collect();
+        let flag = Tensor::from_vec(flag, host.lead.as_slice(), z.device())?;
+        let out = Tensor::from_vec(out, host.lead.as_slice(), z.device())?;
+        logp = out.where_cond(&full_logp, &gather_target(&log_pk, inputs.targets)?)?;
+        if cfg.kept_entropy {
+            bonus = entropy_k.clone();
+        }
+        kept = Some(KeptStatsOutput {
+            lse: lse_k.detach(),
+            entropy: entropy_k.detach(),
+            logp: Some(logp.detach()),
+            count: k.to_dtype(DType::U32)?.sum(D::Minus1)?,
+            outside: Some(out.clone()),
+        });
+        outside = Some(flag);
+    }
+    let terms = token_terms(&logp, &bonus, inputs, cfg)?;
     let weights = cpu::aggregation_weights(&host.mask, host.seq_len, &cfg.aggregation)?;
     let weights = Tensor::from_vec(weights, host.lead.as_slice(), logits.device())?;
     // Masked tokens do not count (even if their terms are not finite), as in `reference::`.
@@ -83,10 +111,33 @@ pub fn grpo_loss(logits: &Tensor, inputs: &GrpoLossInputs, cfg: &GrpoConfig) -> 
         logp: logp.detach(),
         entropy: entropy.detach(),
         ratio: terms.ratio.detach(),
-        clip_flags: terms.clip_flags,
+        clip_flags: match outside {
+            Some(o) => (terms.clip_flags + o)?,
+            None => terms.clip_flags,
+        },
         kl: terms.kl.map(|k| k.detach()),
         branch,
+        kept,
     })
+}
+
+/// K as 0/1 (u8, the logits' shape) and the outside-K flag per token (u8), on the host: the
+/// filter's K of each row of `z` (as f64, `reference::kept_set`) or the mask's ids.
+fn kept_on_host(z: &Tensor, host: &check::HostGrpoInputs, cfg: &GrpoConfig) -> Result<(Vec<u8>, Vec<u8>)> {
+    let v = host.vocab;
+    let zs: Vec<f64> = check::host_vec::<f32>(z)?.into_iter().map(f64::from).collect();
+    let inputs = host.as_inputs();
+    let (mut k, mut out) = (Vec::with_capacity(zs.len()), Vec::with_capacity(host.targets.len()));
+    for (r, row) in zs.chunks_exact(v.max(1)).enumerate() {
+        let kept = match (inputs.kept_mask, cfg.filter) {
+            (Some(m), _) => reference::kept_from_ids(v, m.row(r)),
+            (None, Some(f)) => reference::kept_set(row, cfg.temperature as f64, &f),
+            (None, None) => vec![true; v],
+        };
+        out.push(!kept[host.targets[r] as usize] as u8);
+        k.extend(kept.iter().map(|&b| b as u8));
+    }
+    Ok((k, out))
 }
 
 /// lse (the leading shape) and log p (`[.., V]`) of x along the last dimension. The row max is

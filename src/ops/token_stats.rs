@@ -55,7 +55,7 @@ pub struct KeptStatsOutput {
 }
 
 impl KeptStatsOutput {
-    fn from_host(k: KeptStats, lead: &[usize], dev: &candle_core::Device) -> Result<Self> {
+    pub(crate) fn from_host(k: KeptStats, lead: &[usize], dev: &candle_core::Device) -> Result<Self> {
         Ok(Self {
             lse: Tensor::from_vec(k.lse, lead, dev)?,
             entropy: Tensor::from_vec(k.entropy, lead, dev)?,

@@ -43,7 +43,9 @@ pub fn kept_threshold(p: &[f64], filter: &SamplingFilter) -> f64 {
         let goal = top_p as f64 * set.iter().sum::<f64>();
         let mut cum = 0.0;
         tau = set[set.len() - 1];
-        for &v in set {
+        // p = 1 keeps the whole set (the cumulative sum may reach the rounded total early in a
+        // peaked row, before its smallest probabilities).
+        for &v in set.iter().take_while(|_| top_p < 1.0) {
             cum += v;
             if cum >= goal {
                 tau = v;

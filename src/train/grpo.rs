@@ -120,6 +120,7 @@ impl GrpoTrainer<'_> {
             old_logp: &old_logp,
             ref_logp: Some(&ref_logp),
             advantages: &advantages,
+            kept_mask: None,
         };
         let out = self.cfg.common.loss.grpo_loss(&logits, &inputs, &self.cfg.loss_config())?;
         let grads = out.loss.backward()?;

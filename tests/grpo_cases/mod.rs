@@ -15,8 +15,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use rlvr_kernels::reference::{self, GrpoReference, SplitMix64};
 use rlvr_kernels::{
-    AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoForward, GrpoInputs, KlEstimator, KlPenalty,
-    PositionShaping, PplShaping, Shaping, CLIPPED, DUAL_CLIPPED,
+    AdvantageConfig, Aggregation, DType, Element, GrpoConfig, GrpoForward, GrpoInputs, KeptMask, KlEstimator,
+    KlPenalty, PositionShaping, PplShaping, SamplingFilter, Shaping, CLIPPED, DUAL_CLIPPED, OUTSIDE_KEPT,
 };
 
 /// How far ℓ_old (or ℓ_ref) lies from the current ℓ: inside the clip range, outside it, beyond
@@ -156,6 +156,9 @@ pub struct Data<E> {
     pub ref_logp: Vec<f32>,
     pub rewards: Vec<f32>,
     pub advantages: Vec<f32>,
+    /// An engine's kept mask (CSR ids, N + 1 offsets); empty offsets = none.
+    pub kept_ids: Vec<u32>,
+    pub kept_offsets: Vec<u64>,
 }
 
 impl<E> Data<E> {
@@ -167,7 +170,8 @@ impl<E> Data<E> {
             ref_logp: c.cfg.kl.map(|_| self.ref_logp.as_slice()),
             advantages: &self.advantages,
             seq_len: c.seq_len,
-            kept_mask: None,
+            kept_mask: (!self.kept_offsets.is_empty())
+                .then_some(KeptMask { token_ids: &self.kept_ids, offsets: &self.kept_offsets }),
         }
     }
 }
@@ -221,7 +225,122 @@ pub fn data<E: Element>(c: &Case) -> Data<E> {
         .iter()
         .map(|&a| a as f32)
         .collect();
-    Data { logits, z64, targets, mask, old_logp, ref_logp, rewards, advantages }
+    Data { logits, z64, targets, mask, old_logp, ref_logp, rewards, advantages, kept_ids: vec![], kept_offsets: vec![] }
+}
+
+/// How a kept-set case defines K.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeptKind {
+    /// Recomputed from `cfg.filter`.
+    Filter,
+    /// An engine mask equal to the filter's own K (replay of the same logits).
+    MaskOfFilter,
+    /// An engine mask of random ids (1..=40 per row, the target in it or not).
+    RandomMask,
+}
+
+/// A GRPO case with a kept set: a [`Case`] whose `cfg.filter` / `cfg.kept_entropy` are set (for
+/// the mask kinds `cfg.filter` is cleared when the data are built), and how K is given.
+#[derive(Debug, Clone)]
+pub struct KeptCase {
+    pub case: Case,
+    pub kind: KeptKind,
+}
+
+/// Top-k (k up to 64 or V), top-p (including 1 and small p) or both.
+pub fn filter() -> impl Strategy<Value = SamplingFilter> {
+    let p = prop_oneof![Just(0.95f32), Just(1.0), Just(0.5), 0.05f32..1.0];
+    let k = prop_oneof![Just(1u32), 1u32..64, Just(50), 1u32..10_000];
+    prop_oneof![
+        p.clone().prop_map(SamplingFilter::top_p),
+        k.clone().prop_map(SamplingFilter::top_k),
+        (k, p).prop_map(|(k, p)| SamplingFilter::top_k_top_p(k, p)),
+    ]
+}
+
+/// A [`KeptCase`] (see there).
+pub fn kept_case() -> impl Strategy<Value = KeptCase> {
+    let kind =
+        prop_oneof![2 => Just(KeptKind::Filter), 1 => Just(KeptKind::MaskOfFilter), 1 => Just(KeptKind::RandomMask)];
+    (case(), filter(), any::<bool>(), kind).prop_map(|(mut case, f, kept_entropy, kind)| {
+        case.cfg.filter = Some(f);
+        case.cfg.kept_entropy = kept_entropy;
+        KeptCase { case, kind }
+    })
+}
+
+/// The data of a [`KeptCase`]: [`data`], then for the mask kinds the mask (and `cfg.filter`
+/// cleared in the returned case), and ℓ_old/ℓ_ref moved by ℓ̃ − ℓ so that their offsets are
+/// relative to the ratio's ℓ̃ (advantages recomputed, the PPL shaping reads ℓ_old).
+pub fn kept_data<E: Element>(kc: &KeptCase) -> (Case, Data<E>) {
+    let mut c = kc.case.clone();
+    let mut d = data::<E>(&c);
+    let v = c.vocab;
+    let t = c.cfg.temperature as f64;
+    let f = c.cfg.filter.expect("a kept case has a filter");
+    if kc.kind != KeptKind::Filter {
+        let mut rng = SplitMix64(c.seed ^ 0x6b65_7074);
+        let mut offsets = vec![0u64];
+        for (row, &y) in d.z64.chunks(v).zip(&d.targets) {
+            let ids: Vec<u32> = match kc.kind {
+                KeptKind::MaskOfFilter => {
+                    let k = reference::kept_set(row, t, &f);
+                    (0..v as u32).filter(|&i| k[i as usize]).collect()
+                }
+                _ => {
+                    let want = 1 + rng.below(40.min(v) as u64) as usize;
+                    // A random permutation's prefix; the target first (kept) or dropped.
+                    let mut all: Vec<u32> = (0..v as u32).collect();
+                    for i in (1..v).rev() {
+                        all.swap(i, rng.below(i as u64 + 1) as usize);
+                    }
+                    let mut ids: Vec<u32> = all.into_iter().filter(|&i| i != y).take(want).collect();
+                    if rng.below(2) == 0 || ids.is_empty() {
+                        ids.insert(0, y);
+                        ids.truncate(want.max(1));
+                    }
+                    // At least one finite logit (the target's always is).
+                    if ids.iter().all(|&i| row[i as usize] == f64::NEG_INFINITY) {
+                        ids.push(y);
+                    }
+                    ids
+                }
+            };
+            d.kept_ids.extend(ids);
+            offsets.push(d.kept_ids.len() as u64);
+        }
+        d.kept_offsets = offsets;
+        c.cfg.filter = None;
+    }
+    let r = reference::grpo_loss(&d.z64, v, &d.inputs(&c), &c.cfg).expect("valid kept case");
+    let full: Vec<f64> = d
+        .z64
+        .chunks(v)
+        .zip(&d.targets)
+        .map(|(row, &y)| reference::row_stats(row, Some(y), t, None).logp.unwrap())
+        .collect();
+    for k in 0..full.len() {
+        let shift = r.logp[k] - full[k];
+        d.old_logp[k] = (d.old_logp[k] as f64 + shift) as f32;
+        d.ref_logp[k] = (d.ref_logp[k] as f64 + shift) as f32;
+    }
+    let adv_cfg = AdvantageConfig { group_size: c.group, scale_by_std: c.scale_by_std };
+    d.advantages = reference::token_advantages(&d.rewards, &d.old_logp, &d.mask, c.seq_len, &adv_cfg, &c.shaping)
+        .expect("valid advantage inputs")
+        .iter()
+        .map(|&a| a as f32)
+        .collect();
+    (c, d)
+}
+
+/// Whether row `k`'s recomputed K is uncertain at f32 resolution: a top-p crossing within
+/// p·(1 ± 1e-5) of the mass ([`reference::kept_band`] wider than one count). A fast path may then
+/// keep another K; its value is not compared. A given mask is never ambiguous.
+pub fn kept_ambiguous(c: &Case, row: &[f64]) -> bool {
+    c.cfg.filter.is_some_and(|f| {
+        let (lo, hi) = reference::kept_band(row, c.cfg.temperature as f64, &f);
+        lo != hi
+    })
 }
 
 /// Per-token error bounds against the f64 reference, in multiples of `unit` times the magnitudes
@@ -307,10 +426,18 @@ impl Tol {
         let a = r.weights[k];
         let (g, hh) = (a * tk.dtotal_dlogp, a * ce);
         t.g = a * (adv.abs() * (t.ratio + unit * tk.ratio) + t.g) + unit * g.abs();
-        let tol_lnp = unit * (1.0 + x_abs + lse.abs()) + t.lse;
+        // With a kept set, ln p̃ = x − lse_K and H̃ enter too (both computed in f64 and rounded
+        // once to f32): the larger of the two magnitudes bounds either; without one they are
+        // lse and H themselves (the bound is unchanged).
+        let (lse_k, h_k) = r.kept.as_ref().map_or((lse, h), |kr| (kr[k].lse, kr[k].entropy));
+        let (lse_m, h) = (lse.abs().max(lse_k.abs()), h.max(h_k));
+        let tol_lnp = unit * (1.0 + x_abs + lse_m) + t.lse.max(unit * (1.0 + m.abs() + lse_m));
         let scale = g.abs() + hh * (1.5 + h);
         t.grad_row = (grad_loss as f64).abs() / temp
-            * (t.g + unit * hh * (1.5 + h) + scale * (1.1 * tol_lnp + t.entropy + unit) + unit * scale);
+            * (t.g
+                + unit * hh * (1.5 + h)
+                + scale * (1.1 * tol_lnp + t.entropy.max(unit * (1.0 + h)) + unit)
+                + unit * scale);
         let (lo, hi) = (1.0 - cfg.clip_low as f64, 1.0 + cfg.clip_high as f64);
         let near = |v: f64, edge: f64| (v - edge).abs() <= t.ratio + unit * edge;
         t.ambiguous |= (d.abs() - 20.0).abs() <= tol_d;
@@ -345,7 +472,7 @@ pub fn check_grad<E: Element>(c: &Case, d: &Data<E>, grad: &[E], unit: f64, who:
             continue;
         }
         let tol = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, unit);
-        if tol.ambiguous {
+        if tol.ambiguous || kept_ambiguous(c, row) {
             continue;
         }
         for (j, (g, w)) in got.iter().zip(want).enumerate() {
@@ -407,6 +534,25 @@ pub fn check_forward_values<E: Element>(
     for (k, row) in d.z64.chunks(c.vocab).enumerate() {
         let t = Tol::new(row, k, &r, &inp, &c.cfg, c.grad_loss, unit);
         let tk = &r.tokens[k];
+        if let Some(kr) = &r.kept {
+            let got = fwd.kept.as_ref().expect("kept statistics with a filter or mask");
+            if kept_ambiguous(c, row) {
+                let (lo, hi) = reference::kept_band(row, c.cfg.temperature as f64, &c.cfg.filter.unwrap());
+                prop_assert!(
+                    (lo..=hi).contains(&got.count[k]),
+                    "|K| of token {k}: {} not in [{lo}, {hi}]",
+                    got.count[k]
+                );
+                loss_tol = f64::INFINITY; // the loss may sum another K's terms
+                continue;
+            }
+            let kr = &kr[k];
+            prop_assert_eq!(got.count[k], kr.count, "|K| of token {}", k);
+            prop_assert_eq!(got.outside.as_ref().unwrap()[k] != 0, kr.outside, "outside flag of token {}", k);
+            prop_assert_eq!(fwd.clip_flags[k] & OUTSIDE_KEPT != 0, kr.outside, "OUTSIDE_KEPT of token {}", k);
+            close!(who, "kept lse", k, got.lse[k], kr.lse, unit * (1.0 + kr.lse.abs()));
+            close!(who, "kept entropy", k, got.entropy[k], kr.entropy, unit * (1.0 + kr.entropy));
+        }
         close!(who, "lse", k, fwd.saved.lse[k], r.lse[k], t.lse);
         close!(who, "logp", k, fwd.logp[k], r.logp[k], t.logp);
         close!(who, "entropy", k, fwd.saved.entropy[k], r.entropy[k], t.entropy);
@@ -423,13 +569,13 @@ pub fn check_forward_values<E: Element>(
         close!(who, "grad_entropy", k, fwd.saved.grad_entropy[k], want_h, 2.0 * unit * r.weights[k]);
         if inp.mask[k] == 0.0 {
             prop_assert_eq!(fwd.saved.grad_logp[k], 0.0);
-            prop_assert_eq!(fwd.clip_flags[k] & !(CLIPPED | DUAL_CLIPPED), 0);
+            prop_assert_eq!(fwd.clip_flags[k] & !(CLIPPED | DUAL_CLIPPED | OUTSIDE_KEPT), 0);
             continue;
         }
         loss_tol += r.weights[k] * (t.total + unit * tk.total.abs());
         if !t.ambiguous {
             let flags = if tk.clipped { CLIPPED } else { 0 } | if tk.dual_clipped { DUAL_CLIPPED } else { 0 };
-            prop_assert_eq!(fwd.clip_flags[k], flags, "clip flags of token {}", k);
+            prop_assert_eq!(fwd.clip_flags[k] & !OUTSIDE_KEPT, flags, "clip flags of token {}", k);
             close!(who, "grad_logp", k, fwd.saved.grad_logp[k], r.weights[k] * tk.dtotal_dlogp, t.g);
         }
     }

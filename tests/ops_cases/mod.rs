@@ -72,6 +72,7 @@ impl GrpoTensors {
             old_logp: &self.old_logp,
             ref_logp: cfg.kl.map(|_| &self.ref_logp),
             advantages: &self.advantages,
+            kept_mask: None,
         }
     }
 }
