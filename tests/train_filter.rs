@@ -43,8 +43,14 @@ fn on_policy_replay_gives_ratio_one_and_no_token_outside_k() {
             t(&ro.old_logp),
             t(&vec![1.0; b * r]),
         );
-        let inputs =
-            GrpoLossInputs { targets: &targets, mask: &mask, old_logp: &old, ref_logp: None, advantages: &adv };
+        let inputs = GrpoLossInputs {
+            targets: &targets,
+            mask: &mask,
+            old_logp: &old,
+            ref_logp: None,
+            advantages: &adv,
+            kept_mask: None,
+        };
         let ratio_and_flags = |cfg: &GrpoConfig| {
             let out = ops::grpo_loss(&logits, &inputs, cfg).unwrap();
             let ratio = out.ratio.flatten_all().unwrap().to_vec1::<f32>().unwrap();
