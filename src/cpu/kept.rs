@@ -18,13 +18,14 @@
 //!   the tokens ≥ that max hold ≥ p·S, so the crossing is ≥ it). Only blocks whose max is ≥ t
 //!   can hold a token of K: those few blocks (still in cache) are compacted to the candidates
 //!   ≥ t, and K is selected and summed over the candidates ([`from_candidates`], f64).
-//! - **Flat f32 rows, top-p alone** (the head would be most of the row): the top-p count's
-//!   bottom mode already gathered, during the pass, every logit below its estimate of the
-//!   crossing, and finds the crossing exactly among them; K's sums are then S and W of the pass
-//!   minus the complement's ([`from_complement`]).
-//! - **Fallback** (rare: a head of more than [`MAX_BLOCKS`] blocks outside bottom mode, a
-//!   rounding-short head, or a top-p filter other than the row's top-p count with a flat row):
-//!   [`plain`], a second read of the row.
+//! - **Other f32 rows, top-p alone** (the head would be most of the row): the top-p count
+//!   finds the crossing exactly among its candidates ([`crate::cpu::top_p`]): on flat rows
+//!   bottom mode's (every logit below its estimate of the crossing, gathered during the pass;
+//!   K's sums are S and W of the pass minus the complement's), else those of its head or
+//!   fallback step (a superset of K: K's sums are theirs) ([`from_split`]).
+//! - **Fallback** (rare: top-p alone with a different top-p count on a row whose head is more
+//!   than [`MAX_BLOCKS`] blocks, or a top-k larger than the row's blocks whose blocks are more
+//!   than a quarter of the row): [`plain`], a second read of the row.
 //!
 //! Top-p = 1 keeps every finite token (and top-k ≥ V every finite token): then K's sums are the
 //! row's own S and W.
@@ -55,6 +56,8 @@ pub(crate) enum KeptPath {
     Blocks,
     /// S and W minus the complement (top-p bottom mode).
     Complement,
+    /// The top-p count's head or fallback candidates.
+    Count,
     /// A second read of the row.
     Plain,
 }
@@ -279,19 +282,21 @@ pub(crate) fn from_candidates(
     Some((zt, sk, wk, count))
 }
 
-/// K of a top-p filter alone found by the top-p count's bottom mode: `zc` are the logits it
-/// gathered (every logit ≤ its threshold, a superset of the complement of K), `tau` the e value
-/// at the crossing (e = `math::exp((z − zmax)·(1/T))`, as the count computed it; `ec` those
-/// e of `zc` when the count kept them in order). z_τ is the
-/// smallest candidate with e ≥ τ; everything else in K lies above the candidates. K's sums are
-/// the pass's S and W minus those of the candidates below z_τ. `None` (fall back) if no
-/// candidate reaches τ or e is not monotone in z there. Inlined into the AVX2 copy of the
-/// kernel: a `math::exp::<true>` outside it costs ~10× more.
+/// K of a top-p filter alone from the top-p count's crossing: `zc` are the candidate logits it
+/// selected among, `ec` their e if it kept them in order (else recomputed), `tau` the e value
+/// at the crossing (e = `math::exp((z − zmax)·(1/T))`, as the count computed it). K = {e ≥ τ}:
+/// z_τ is the smallest candidate with e ≥ τ. With `superset` (head, fallback) every token of K
+/// is a candidate and K's sums are those of the candidates ≥ z_τ; otherwise (bottom mode: the
+/// candidates are every logit ≤ its threshold, a superset of K's complement) they are the pass's
+/// S and W minus those of the candidates below z_τ. `None` (fall back) if no candidate reaches τ
+/// or e is not monotone in z there. Inlined into the AVX2 copy of the kernel: a
+/// `math::exp::<true>` outside it costs ~10× more.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn from_complement<const AVX2: bool>(
+pub(crate) fn from_split<const AVX2: bool>(
     zc: &[f32],
     ec: Option<&[f32]>,
+    superset: bool,
     vocab: usize,
     zmax: f32,
     inv_t: f32,
@@ -299,9 +304,9 @@ pub(crate) fn from_complement<const AVX2: bool>(
     w: f64,
     tau: f32,
 ) -> Option<(f32, f64, f64, u32)> {
-    // One branch-free pass: the candidates below τ summed (8 f32 lanes per 256 values, then f64,
-    // as the pass's own sums), the smallest one at or above τ (z_τ) and the largest one below it.
-    let (mut sc, mut wc, mut out) = (0.0f64, 0.0f64, 0usize);
+    // One branch-free pass, both sides summed (8 f32 lanes per 256 values, then f64, as the
+    // pass's own sums), the smallest candidate at or above τ (z_τ) and the largest below it.
+    let (mut s_lo, mut w_lo, mut s_hi, mut w_hi, mut n_lo) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0usize);
     let (mut zt, mut below) = (f32::INFINITY, f32::NEG_INFINITY);
     let mut buf = [0.0f32; 256];
     for (i, zch) in zc.chunks(256).enumerate() {
@@ -314,21 +319,25 @@ pub(crate) fn from_complement<const AVX2: bool>(
                 &buf[..zch.len()]
             }
         };
-        let (mut a, mut b, mut c) = ([0.0f32; 8], [0.0f32; 8], [0u32; 8]);
+        let (mut a, mut b, mut a2, mut b2, mut c) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0u32; 8]);
         let (mut lo, mut hi) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
         for (k, (&v, &e)) in zch.iter().zip(ech).enumerate() {
             let j = k % 8;
             let out = e < tau;
-            let x = (v - zmax) * inv_t;
+            let xe = if e > 0.0 { (v - zmax) * inv_t * e } else { 0.0 };
             a[j] += if out { e } else { 0.0 };
-            b[j] += if out && e > 0.0 { x * e } else { 0.0 };
+            b[j] += if out { xe } else { 0.0 };
+            a2[j] += if out { 0.0 } else { e };
+            b2[j] += if out { 0.0 } else { xe };
             c[j] += u32::from(out);
             lo[j] = if out { lo[j] } else { lo[j].min(v) };
             hi[j] = if out { hi[j].max(v) } else { hi[j] };
         }
-        sc += math::fold8(a) as f64;
-        wc += math::fold8(b) as f64;
-        out += c.iter().sum::<u32>() as usize;
+        s_lo += math::fold8(a) as f64;
+        w_lo += math::fold8(b) as f64;
+        s_hi += math::fold8(a2) as f64;
+        w_hi += math::fold8(b2) as f64;
+        n_lo += c.iter().sum::<u32>() as usize;
         zt = lo.iter().fold(zt, |m, &v| m.min(v));
         below = hi.iter().fold(below, |m, &v| m.max(v));
     }
@@ -337,7 +346,11 @@ pub(crate) fn from_complement<const AVX2: bool>(
         // be {z ≥ z_τ}): the caller falls back.
         return None;
     }
-    Some((zt, s - sc, w - wc, (vocab - out) as u32))
+    Some(if superset {
+        (zt, s_hi, w_hi, (zc.len() - n_lo) as u32)
+    } else {
+        (zt, s - s_lo, w - w_lo, (vocab - n_lo) as u32)
+    })
 }
 
 /// The plain version (the fallback): reads the row again to select the crossing and sum over

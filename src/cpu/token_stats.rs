@@ -209,15 +209,16 @@ impl<E: Element> SimdKernel for RowKernel<'_, E> {
             kept::from_blocks::<AVX2>(row, &scratch.maxima, m, inv_t, s, &f, &mut scratch.order, &mut scratch.kept)
                 .map(|k| (k, KeptPath::Blocks));
         // The keeper's p is the filter's when `filter_p == keeper_p`.
-        let bottom = found.is_none() && filter_p.is_some() && filter_p == keeper_p;
+        let from_count = found.is_none() && filter_p.is_some() && filter_p == keeper_p;
         let (branch, tau) = match keeper {
-            Some(k) => k.finish::<AVX2>(m, s, top_p.is_some(), bottom),
+            Some(k) => k.finish::<AVX2>(m, s, top_p.is_some(), from_count),
             None => (0, None),
         };
-        if let Some(tau) = tau {
+        let branch = if top_p.is_some() { branch } else { 0 };
+        if let Some((tau, superset)) = tau {
             let (zc, ec) = scratch.top_p.bottom_logits();
-            found =
-                kept::from_complement::<AVX2>(zc, ec, z.len(), m, inv_t, s, w, tau).map(|k| (k, KeptPath::Complement));
+            let path = if superset { KeptPath::Count } else { KeptPath::Complement };
+            found = kept::from_split::<AVX2>(zc, ec, superset, z.len(), m, inv_t, s, w, tau).map(|k| (k, path));
         }
         // `None` here: the caller reads the row again (`kept::plain`).
         let kept = found.map(|((thr, sk, wk, count), path)| {
@@ -504,8 +505,8 @@ mod tests {
             assert_eq!(kept_path(&lm, 1.0, top_p, p), KeptPath::Blocks);
             assert_eq!(kept_path(&lm, 1.0, top_p, kp), KeptPath::Blocks);
             assert_eq!(kept_path(&lm, 1.0, top_p, SamplingFilter::top_k(20)), KeptPath::Blocks);
-            // Heavy noise holding most of the mass: neither (the plain second read).
-            assert_eq!(kept_path(&heavy, 1.0, top_p, p), KeptPath::Plain);
+            // Heavy noise holding most of the mass: the count's fallback candidates.
+            assert_eq!(kept_path(&heavy, 1.0, top_p, p), KeptPath::Count);
             // Every finite token.
             assert_eq!(kept_path(&lm, 1.0, top_p, SamplingFilter::top_p(1.0)), KeptPath::All);
         }

@@ -88,7 +88,7 @@ pub(crate) struct TopPScratch {
     sample_src: Vec<f32>,
     /// How many values the last [`split`] left in `next`.
     partition_len: usize,
-    /// Bottom mode's candidate logits, kept for the kept set (see [`Keeper::finish`]).
+    /// The count's candidate logits, kept for the kept set (see [`Keeper::finish`]).
     zc: Vec<f32>,
     /// Their e_i, in the same order (empty when some were dropped as 0).
     ec: Vec<f32>,
@@ -135,7 +135,7 @@ pub(crate) struct Keeper<'a> {
 }
 
 impl TopPScratch {
-    /// The logits bottom mode gathered, as [`Keeper::finish`] left them, and their e_i if kept.
+    /// The candidate logits [`Keeper::finish`] left, and their e_i if kept.
     pub(crate) fn bottom_logits(&self) -> (&[f32], Option<&[f32]>) {
         (&self.zc, (self.ec.len() == self.zc.len()).then_some(&self.ec[..]))
     }
@@ -312,45 +312,79 @@ impl Keeper<'_> {
         head::<AVX2>(sc, row, top_p, inv_t, zmax, s)
     }
 
-    /// The count (when `count`) as [`Keeper::branch`], and with `kept`, when bottom mode finds
-    /// the crossing, its e value τ (e = `math::exp((z − zmax)·(1/T))`; the smallest positive
-    /// f32 when rounding left the candidates short: every token with mass) with the bottom
-    /// candidates' logits in [`TopPScratch::bottom_logits`] (for the kept set K = {e ≥ τ},
-    /// see [`crate::cpu::kept::from_complement`]). Same count as [`Keeper::branch`].
+    /// The count (when `count`) as [`Keeper::branch`], and with `kept` the crossing's e value τ
+    /// (e = `math::exp((z − zmax)·(1/T))`; the smallest positive f32 when rounding left the
+    /// candidates short: every token with mass) with the candidates' logits in
+    /// [`TopPScratch::bottom_logits`], and whether they are a superset of the kept set
+    /// K = {e ≥ τ} (head, fallback) or of its complement (bottom mode), see
+    /// [`crate::cpu::kept::from_split`]. Same count as [`Keeper::branch`].
     #[inline(always)]
-    pub(crate) fn finish<const AVX2: bool>(self, zmax: f32, s: f64, count: bool, kept: bool) -> (u32, Option<f32>) {
-        if !(kept && matches!(self.mode, Mode::Bottom { .. })) {
+    pub(crate) fn finish<const AVX2: bool>(
+        self,
+        zmax: f32,
+        s: f64,
+        count: bool,
+        kept: bool,
+    ) -> (u32, Option<(f32, bool)>) {
+        if !kept {
             return (if count { self.branch::<AVX2>(zmax, s) } else { 0 }, None);
         }
-        let Keeper { sc, row, top_p, inv_t, mut n, .. } = self;
-        sc.zc.clear();
-        sc.zc.extend_from_slice(&sc.kept[..n]);
+        let Keeper { sc, row, top_p, inv_t, mode, mut n, .. } = self;
         let need = top_p as f64 * s;
-        let all = n;
-        let mass = to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
-        // Their e in the same order (when none was dropped), so K's sums need no `exp` again.
-        sc.ec.clear();
-        if n == all {
-            sc.ec.extend_from_slice(&sc.kept[..n]);
+        if let Mode::Bottom { .. } = mode {
+            let all = n;
+            let mass = keep_and_to_e::<AVX2>(sc, &mut n, zmax, inv_t);
+            let above = Above { count: row.len() - all, mass: s - mass };
+            if above.mass < need {
+                let c = crossing::<AVX2>(sc, n, need, above);
+                let tau = match &c {
+                    Ok(c) => c.tau,
+                    Err(_) => f32::from_bits(1),
+                };
+                return (count_of(c, need), Some((tau, false)));
+            }
         }
-        let above = Above { count: row.len() - all, mass: s - mass };
-        if above.mass >= need {
-            // The estimate missed: no K from here; the count as `branch` finds it.
-            return (if count { head::<AVX2>(sc, row, top_p, inv_t, zmax, s).0 } else { 0 }, None);
-        }
-        let c = crossing::<AVX2>(sc, n, need, above);
-        let tau = match &c {
-            Ok(c) => c.tau,
-            Err(_) => f32::from_bits(1),
-        };
-        (if count { count_of(c, need) } else { 0 }, Some(tau))
+        let (k, _, tau) = head_kept::<AVX2>(sc, row, top_p, inv_t, zmax, s, true);
+        (k, tau.map(|t| (t, true)))
     }
+}
+
+/// Copies the candidate logits `sc.kept[..n]` to `sc.zc`, turns them into their e
+/// ([`to_e`]) and keeps those e in `sc.ec` too when none was dropped (same order as `zc`).
+#[inline(always)]
+fn keep_and_to_e<const AVX2: bool>(sc: &mut TopPScratch, n: &mut usize, zmax: f32, inv_t: f32) -> f64 {
+    sc.zc.clear();
+    sc.zc.extend_from_slice(&sc.kept[..*n]);
+    let all = *n;
+    let mass = to_e::<AVX2>(&mut sc.kept, n, zmax, inv_t);
+    sc.ec.clear();
+    if *n == all {
+        sc.ec.extend_from_slice(&sc.kept[..*n]);
+    }
+    mass
 }
 
 /// The head and fallback steps of [`Keeper::branch_path`] (after the pass; `sc.block_max` holds
 /// the blocks' maxima).
 #[inline(always)]
 fn head<const AVX2: bool>(sc: &mut TopPScratch, row: &[f32], top_p: f32, inv_t: f32, zmax: f32, s: f64) -> (u32, Path) {
+    let (k, path, _) = head_kept::<AVX2>(sc, row, top_p, inv_t, zmax, s, false);
+    (k, path)
+}
+
+/// [`head`], and with `kept` the crossing's e value τ with the candidates' logits (a superset
+/// of K = {e ≥ τ}) and e kept in `sc.zc` / `sc.ec` (see [`keep_and_to_e`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn head_kept<const AVX2: bool>(
+    sc: &mut TopPScratch,
+    row: &[f32],
+    top_p: f32,
+    inv_t: f32,
+    zmax: f32,
+    s: f64,
+    kept: bool,
+) -> (u32, Path, Option<f32>) {
     let need = top_p as f64 * s;
     let vocab = row.len();
     // Head: blocks by descending max until their maxima alone hold p·S.
@@ -384,8 +418,17 @@ fn head<const AVX2: bool>(sc: &mut TopPScratch, row: &[f32], top_p: f32, inv_t: 
             math::compact_range::<AVX2>(block, from, f32::INFINITY, &mut sc.kept, &mut n);
         }
     }
-    to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
-    (select::<AVX2>(sc, n, need, Above::default()), path)
+    if !kept {
+        to_e::<AVX2>(&mut sc.kept, &mut n, zmax, inv_t);
+        return (select::<AVX2>(sc, n, need, Above::default()), path, None);
+    }
+    keep_and_to_e::<AVX2>(sc, &mut n, zmax, inv_t);
+    let c = crossing::<AVX2>(sc, n, need, Above::default());
+    let tau = match &c {
+        Ok(c) => c.tau,
+        Err(_) => f32::from_bits(1),
+    };
+    (count_of(c, need), path, Some(tau))
 }
 
 /// Turns the candidate logits `kept[..n]` into their e_i = e^{(z_i − zmax)/T}, drops those of
