@@ -138,7 +138,7 @@ if ((mutations)); then
         "a row offset shifted by one element (RowSplit)|common.cuh|s/row = logits + row_index \* (uint64_t)V;/row = logits + row_index * (uint64_t)V + 1;/"
         "the in-place fused kernel reading its rows through the read-only cache|grpo.cu|s/RowSplit<E> rs(src, row, vocab, !in_place);/RowSplit<E> rs(src, row, vocab);/"
         "the kept set dropping the tokens tied at its crossing (kept_sums)|kept.cuh|s/kept_key<E>(b, z) >= tau/kept_key<E>(b, z) > tau/"
-        "top-p after top-k scanning the whole row, not the top-k set|kept.cuh|s/select_key<E, true>(rs, lo_key,/select_key<E, true>(rs, 0u,/"
+        "top-p after top-k aiming at p of the whole row's mass, not the top-k set's|kept.cuh|s/if (!s.all) lo_key = s.key, mass = (double)s.mass;/if (!s.all) lo_key = s.key;/"
     )
     # A mutant's failing proptest cases would be saved into tests/*.proptest-regressions: keep the
     # files as they are and put them back afterwards (those cases belong to the mutants).
