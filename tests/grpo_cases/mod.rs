@@ -319,8 +319,8 @@ pub fn kept_data<E: Element>(kc: &KeptCase) -> (Case, Data<E>) {
         .zip(&d.targets)
         .map(|(row, &y)| reference::row_stats(row, Some(y), t, None).logp.unwrap())
         .collect();
-    for k in 0..full.len() {
-        let shift = r.logp[k] - full[k];
+    for (k, l) in full.iter().enumerate() {
+        let shift = r.logp[k] - l;
         d.old_logp[k] = (d.old_logp[k] as f64 + shift) as f32;
         d.ref_logp[k] = (d.ref_logp[k] as f64 + shift) as f32;
     }
