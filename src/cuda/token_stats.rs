@@ -76,7 +76,7 @@ pub struct KeptBuffers {
 impl KeptBuffers {
     /// Copies the outputs to the host (synchronises `stream`).
     pub fn to_host(&self, stream: &Arc<CudaStream>) -> Result<KeptStats> {
-        if self.lse.len() == 0 {
+        if self.lse.is_empty() {
             return Ok(KeptStats {
                 logp: self.logp.as_ref().map(|_| Vec::new()),
                 outside: self.outside.as_ref().map(|_| Vec::new()),
@@ -260,7 +260,7 @@ pub fn token_stats_masked_into<E: Element + DeviceRepr>(
     let op = "copy kept mask to host";
     let offsets = stream.clone_dtoh(mask.offsets).map_err(cuda_err(op))?;
     let token_ids =
-        if mask.token_ids.len() == 0 { Vec::new() } else { stream.clone_dtoh(mask.token_ids).map_err(cuda_err(op))? };
+        if mask.token_ids.is_empty() { Vec::new() } else { stream.clone_dtoh(mask.token_ids).map_err(cuda_err(op))? };
     validate::kept_mask(&KeptMask { token_ids: &token_ids, offsets: &offsets }, n, vocab)?;
     launch(stream, logits, vocab, n, targets, cfg, Some(mask), out)
 }

@@ -218,6 +218,15 @@ impl CustomOp1 for TokenStatsOp {
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let (start, end) = offsets(l, self.name())?;
+        if let Some(f) = self.cfg.filter {
+            // The CUDA kernels have the kept set (crate::cuda::token_stats with kept buffers);
+            // this op does not carry their outputs yet.
+            return Err(self.side.fail(Error::InvalidConfig {
+                name: "filter",
+                value: f.to_string(),
+                why: "ops::token_stats with a filter runs on CPU tensors only for now",
+            }));
+        }
         let (packed, branch) = cuda_fwd::token_stats(self, s, start..end).map_err(|e| self.side.fail(e))?;
         self.side.put(Extra { branch, kept: None });
         Ok((packed, packed_shape(l)))

@@ -61,15 +61,11 @@ fn cuda_token_stats<E: Element>(
     cfg: &TokenStatsConfig,
     mask: Option<&KeptMask>,
 ) -> Result<TokenStats> {
-    if mask.is_some() {
-        return Err(rlvr_kernels::Error::InvalidConfig {
-            name: "filter-mask",
-            value: "an engine mask".into(),
-            why: "kept masks are not implemented on CUDA yet; use --device cpu",
-        });
-    }
     let stream = rlvr_kernels::cuda::default_stream()?;
-    rlvr_kernels::cuda::token_stats_host(&stream, logits, vocab, targets, cfg)
+    match mask {
+        Some(m) => rlvr_kernels::cuda::token_stats_masked_host(&stream, logits, vocab, targets, cfg, m),
+        None => rlvr_kernels::cuda::token_stats_host(&stream, logits, vocab, targets, cfg),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
